@@ -1,0 +1,188 @@
+"""Tensor layouts, shape inference on the ``meta`` device, and :class:`ShapeMismatchError`.
+
+skipkit names three layouts:
+
+- ``"NC"``  channels first: ``(N, C)``, ``(N, C, L)``, ``(N, C, H, W)``, ``(N, C, D, H, W)``
+  (convolutional maps; the channel dim is 1).
+- ``"NLC"`` features last: ``(N, T, F)`` sequences (Linear, RNN, attention; the feature dim is
+  -1).
+- ``"NF"``  flat feature vectors ``(N, F)``, where both conventions coincide.
+"""
+
+from __future__ import annotations
+
+import difflib
+import itertools
+from collections.abc import Iterable, Sequence
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+Layout = Literal["NC", "NLC", "NF"]
+
+_LAYOUT_ALIASES: dict[str, Layout] = {
+    "nc": "NC",
+    "channels_first": "NC",
+    "ncl": "NC",
+    "nchw": "NC",
+    "ncdhw": "NC",
+    "nlc": "NLC",
+    "ntf": "NLC",
+    "features_last": "NLC",
+    "channels_last": "NLC",
+    "nf": "NF",
+}
+
+_CHANNELS_FIRST = (
+    nn.modules.conv._ConvNd,
+    nn.modules.pooling._MaxPoolNd,
+    nn.modules.pooling._AvgPoolNd,
+    nn.modules.pooling._AdaptiveAvgPoolNd,
+    nn.modules.pooling._AdaptiveMaxPoolNd,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.GroupNorm,
+    nn.modules.instancenorm._InstanceNorm,
+    nn.Upsample,
+    nn.PixelShuffle,
+)
+_FEATURES_LAST = (
+    nn.Linear,
+    nn.Bilinear,
+    nn.RNNBase,
+    nn.MultiheadAttention,
+    nn.LayerNorm,
+    nn.RMSNorm,
+    nn.Embedding,
+    nn.TransformerEncoderLayer,
+    nn.TransformerDecoderLayer,
+)
+
+
+class ShapeMismatchError(ValueError):
+    """Raised when a skip connection cannot join its two signals.
+
+    The message names the module path, both shapes and what would fix it; the same facts are
+    kept as attributes for programs.
+
+    Attributes:
+        path: dotted path of the skip module in its model (``"<root>"`` when unknown).
+        skip_shape: shape of the skipped signal (after the tap), or ``None``.
+        branch_shape: shape of the main path (the body's output), or ``None``.
+        fixes: human-readable options that would make the shapes fit.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        skip_shape: Sequence[int] | None = None,
+        branch_shape: Sequence[int] | None = None,
+        fixes: Iterable[str] = (),
+    ) -> None:
+        self.path = path or "<root>"
+        self.skip_shape = tuple(skip_shape) if skip_shape is not None else None
+        self.branch_shape = tuple(branch_shape) if branch_shape is not None else None
+        self.fixes = list(fixes)
+        text = f"{self.path}: {message}"
+        if self.skip_shape is not None or self.branch_shape is not None:
+            text += f" (skip {fmt_shape(self.skip_shape)}, branch {fmt_shape(self.branch_shape)})"
+        if self.fixes:
+            text += ". Fix: " + "; or ".join(self.fixes)
+        super().__init__(text)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments do not survive the default exception pickling.
+        return (
+            _rebuild_error,
+            (self.args[0], self.path, self.skip_shape, self.branch_shape, self.fixes),
+        )
+
+
+def _rebuild_error(
+    text: str,
+    path: str,
+    skip_shape: tuple[int, ...] | None,
+    branch_shape: tuple[int, ...] | None,
+    fixes: list[str],
+) -> ShapeMismatchError:
+    err = ShapeMismatchError.__new__(ShapeMismatchError)
+    ValueError.__init__(err, text)
+    err.path, err.skip_shape, err.branch_shape, err.fixes = path, skip_shape, branch_shape, fixes
+    return err
+
+
+def fmt_shape(shape: Sequence[int] | torch.Size | None) -> str:
+    """``(2, 3, 4)`` → ``"(2, 3, 4)"``; ``None`` → ``"?"``."""
+    if shape is None:
+        return "?"
+    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+
+
+def normalize_layout(layout: str | None) -> Layout | None:
+    """Resolve a layout name or alias (``"NC"``, ``"channels_first"``, ``"NLC"``, …)."""
+    if layout is None:
+        return None
+    key = layout.lower()
+    if key not in _LAYOUT_ALIASES:
+        raise ValueError(
+            f"unknown layout {layout!r}; use 'NC' (channels first), 'NLC' (features last) "
+            "or 'NF' (flat vectors)"
+        )
+    return _LAYOUT_ALIASES[key]
+
+
+def infer_layout(module: nn.Module) -> Layout | None:
+    """Guess a module's layout from the first layer that fixes it, or ``None`` if none does.
+
+    Convolutions, pooling and 2D/3D norms mean channels first; Linear, RNN, attention and
+    LayerNorm mean features last. ``BatchNorm1d`` and activations say nothing.
+    """
+    for m in module.modules():
+        if isinstance(m, _CHANNELS_FIRST):
+            return "NC"
+        if isinstance(m, _FEATURES_LAST):
+            return "NLC"
+    return None
+
+
+def resolve_layout(layout: Layout | None, ndim: int) -> Layout:
+    """The layout to plan with: ``NF`` for rank 2, else the given one, else channels first."""
+    if ndim == 2:
+        return "NF"
+    return layout if layout not in (None, "NF") else "NC"
+
+
+def channel_dim(layout: Layout, ndim: int) -> int:
+    """Index (non-negative) of the channel / feature dim for a tensor of rank ``ndim``."""
+    return ndim - 1 if layout == "NLC" else 1
+
+
+def has_uninitialized_params(module: nn.Module) -> bool:
+    """True when the module holds lazy (not yet shaped) parameters or buffers."""
+    tensors = itertools.chain(module.parameters(), module.buffers())
+    return any(isinstance(t, nn.parameter.UninitializedTensorMixin) for t in tensors)  # type: ignore[attr-defined]
+
+
+def meta_forward(module: nn.Module, *inputs: torch.Tensor) -> object:
+    """Run ``module`` on ``meta`` copies of its weights and of ``inputs``.
+
+    No real compute and no memory: only shapes propagate. The module's own tensors and
+    buffers (BatchNorm running statistics included) are untouched.
+
+    Raises:
+        NotImplementedError: an operator in the module has no meta kernel.
+        RuntimeError: the module cannot take these input shapes.
+    """
+    named = itertools.chain(module.named_parameters(), module.named_buffers())
+    state = {k: torch.empty_like(v, device="meta") for k, v in named}
+    meta_inputs = tuple(torch.empty_like(x, device="meta") for x in inputs)
+    return functional_call(module, state, meta_inputs, strict=False)
+
+
+def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` entries of ``choices`` that look like ``name`` (for "did you mean")."""
+    return difflib.get_close_matches(name, list(choices), n=n, cutoff=0.5)

@@ -1,0 +1,615 @@
+"""Skip-connection modules: :class:`Residual`, :class:`Highway`, :class:`DenseBlock`.
+
+::
+
+          ┌──────────── shortcut ─────────────┐
+    x ──tap┤                                   merge ── post ──> y
+          └──── body ── drop_path ────────────┘
+
+``Residual(body)`` computes ``y = post(merge(shortcut(x), drop_path(body(x))))``; the
+shortcut is planned from the input shape and the body's output shape, at construction when
+``in_shape`` is given (a dry run on the ``meta`` device) or at the first forward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from skipkit.merges import Merge, resolve_merge
+from skipkit.shapes import (
+    Layout,
+    ShapeMismatchError,
+    channel_dim,
+    fmt_shape,
+    has_uninitialized_params,
+    infer_layout,
+    meta_forward,
+    normalize_layout,
+    resolve_layout,
+)
+from skipkit.shortcuts import SHORTCUT_KINDS, plan_shortcut
+
+log = logging.getLogger(__name__)
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": lambda: nn.ReLU(inplace=False),
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "sigmoid": nn.Sigmoid,
+    "leaky_relu": nn.LeakyReLU,
+    "elu": nn.ELU,
+}
+
+
+def resolve_activation(spec: str | nn.Module | None) -> nn.Module | None:
+    """``None``, an ``nn.Module``, or a name from :data:`ACTIVATIONS`."""
+    if spec is None or isinstance(spec, nn.Module):
+        return spec
+    if isinstance(spec, str) and spec in ACTIVATIONS:
+        return ACTIVATIONS[spec]()
+    raise ValueError(
+        f"unknown activation {spec!r}; use an nn.Module or one of {sorted(ACTIVATIONS)}"
+    )
+
+
+class SkipModule(nn.Module):
+    """Base of every module that owns a skip path (used by :func:`skips_disabled` and
+    :func:`skipkit.list_skips`).
+
+    Attributes:
+        skip_enabled: when ``False`` the module computes its plain twin (same weights, the
+            skip path removed).
+        path: the module's dotted path in its model, for error messages (set by
+            :func:`materialize`).
+    """
+
+    skip_enabled: bool = True
+    path: str | None = None
+
+    def describe(self) -> dict[str, Any]:
+        """A summary for :func:`skipkit.list_skips`: tap, shortcut, merge, parameters."""
+        return {"kind": type(self).__name__}
+
+    @property
+    def ready(self) -> bool:
+        """True when every lazy part exists (shapes have been seen)."""
+        return True
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): zero the whole branch for a sample with
+    probability ``p`` and rescale the kept ones by ``1 / (1 - p)``.
+
+    ``(N, *S) -> (N, *S)``; the batch is dim 0. Identity in eval mode or when ``p == 0``.
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"DropPath(p={p}) needs 0 <= p < 1")
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * (mask / keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def _first_tensor(module: nn.Module) -> torch.Tensor | None:
+    return next(itertools.chain(module.parameters(), module.buffers()), None)
+
+
+class Residual(SkipModule):
+    """A skip connection around ``body``: ``y = post(merge(shortcut(x), drop_path(body(x))))``.
+
+    Shapes: ``(N, *S_in) -> (N, *S_out)`` where ``S_out`` is the body's output shape (or, for
+    ``merge="concat"``, the body's output with the skip's channels appended).
+
+    Args:
+        body: the main path, any ``nn.Module``. RNN bodies that return ``(output, state)``
+            (``nn.LSTM``, ``nn.GRU``, ``nn.RNN``) are supported: the skip joins ``output``, and
+            ``Residual`` returns ``(y, state)``; it also accepts such a pair as its input (it
+            uses the output and ignores the state), so residual RNN layers stack in
+            ``nn.Sequential``.
+        shortcut: ``"auto"``, ``"identity"``, ``"project"``, ``"pad"``, ``"avgdown"``,
+            ``"resample"`` (see :mod:`skipkit.shortcuts`) or any ``nn.Module``.
+        merge: a :class:`~skipkit.merges.Merge` or ``"add"``, ``"concat"``, ``"mul"``,
+            ``"gate"``, ``"rezero"``, ``"skipinit"``, ``"layerscale"``, ``"weighted"``.
+        post: module applied after the merge (e.g. ``nn.ReLU()`` or ``"relu"``), or ``None``.
+        drop_path: stochastic-depth probability of dropping the branch per sample.
+        in_shape: an example input shape, batch dim included (any batch size, e.g.
+            ``(1, 64, 32, 32)``); plans the shortcut now with a dry run on the ``meta``
+            device. Without it the plan happens at the first forward: call
+            :func:`skipkit.materialize` before building the optimizer.
+        layout: ``"NC"`` (channels first) / ``"NLC"`` (features last) / ``"NF"``; inferred
+            from the body when ``None``.
+
+    Example:
+        >>> block = Residual(nn.Sequential(nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128)))
+        >>> block(torch.randn(2, 64, 32, 32)).shape  # shortcut: 1x1 conv stride 2 + BN
+        torch.Size([2, 128, 16, 16])
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        *,
+        shortcut: str | nn.Module = "auto",
+        merge: str | Merge = "add",
+        post: str | nn.Module | None = None,
+        drop_path: float = 0.0,
+        in_shape: Sequence[int] | None = None,
+        layout: str | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(body, nn.Module):
+            raise TypeError(f"Residual body must be an nn.Module, got {type(body).__name__}")
+        if not isinstance(shortcut, nn.Module) and shortcut not in SHORTCUT_KINDS:
+            raise ValueError(
+                f"unknown shortcut {shortcut!r}; choose one of {SHORTCUT_KINDS} or an nn.Module"
+            )
+        self.body = body
+        self.merge = resolve_merge(merge)
+        self.post = resolve_activation(post)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.layout: Layout | None = normalize_layout(layout) or infer_layout(body)
+        self.shortcut_kind = "module" if isinstance(shortcut, nn.Module) else str(shortcut)
+        self.shortcut: nn.Module | None = shortcut if isinstance(shortcut, nn.Module) else None
+        self._built = False
+        if in_shape is not None:
+            self._plan_from_in_shape(tuple(int(s) for s in in_shape))
+
+    @property
+    def ready(self) -> bool:
+        return self._built
+
+    def _where(self) -> str:
+        return self.path or f"Residual({type(self.body).__name__})"
+
+    def _plan_from_in_shape(self, in_shape: tuple[int, ...]) -> None:
+        if has_uninitialized_params(self.body):
+            log.debug("%s: lazy body; planning the shortcut at the first forward", self._where())
+            return
+        try:
+            out = meta_forward(self.body, torch.empty(in_shape, device="meta"))
+        except NotImplementedError:
+            log.debug("%s: no meta kernel; planning at the first forward", self._where())
+            return
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ShapeMismatchError(
+                f"the body cannot take in_shape {fmt_shape(in_shape)}: {e}",
+                path=self._where(),
+                fixes=["pass the shape of a real input, batch dim included"],
+            ) from e
+        branch = out[0] if isinstance(out, tuple) else out
+        assert isinstance(branch, torch.Tensor)
+        ref = _first_tensor(self.body)
+        self._build(
+            in_shape,
+            tuple(branch.shape),
+            device=ref.device if ref is not None else None,
+            dtype=ref.dtype if ref is not None and ref.is_floating_point() else None,
+        )
+
+    def _build(
+        self,
+        in_shape: tuple[int, ...],
+        out_shape: tuple[int, ...],
+        *,
+        device: torch.device | None,
+        dtype: torch.dtype | None,
+    ) -> None:
+        where = self._where()
+        self.merge.path = where
+        if self.shortcut is None:
+            shortcut = plan_shortcut(
+                in_shape,
+                out_shape,
+                kind=self.shortcut_kind,
+                layout=self.layout,
+                match_channels=self.merge.match_channels,
+                path=where,
+            )
+            self.shortcut = shortcut.to(device=device, dtype=dtype)
+            skip_shape = _planned_shape(in_shape, out_shape, self.layout, self.merge)
+        else:
+            skip_shape = self._custom_shortcut_shape(in_shape, out_shape)
+        self.merge.setup(skip_shape, out_shape, self.layout, device=device, dtype=dtype)
+        self._built = True
+        log.debug(
+            "%s: shortcut %s for %s -> %s",
+            where,
+            self.shortcut,
+            fmt_shape(in_shape),
+            fmt_shape(out_shape),
+        )
+
+    def _custom_shortcut_shape(
+        self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
+    ) -> tuple[int, ...]:
+        assert self.shortcut is not None
+        try:
+            skip = meta_forward(self.shortcut, torch.empty(in_shape, device="meta"))
+        except NotImplementedError:
+            return out_shape
+        except (RuntimeError, ValueError, IndexError) as e:
+            raise ShapeMismatchError(
+                f"the shortcut module cannot take the input {fmt_shape(in_shape)}: {e}",
+                path=self._where(),
+                branch_shape=out_shape,
+                fixes=["give a shortcut module that maps the input to the branch's shape"],
+            ) from e
+        assert isinstance(skip, torch.Tensor)
+        return tuple(skip.shape)
+
+    def forward(self, x: torch.Tensor | tuple[Any, ...]) -> Any:
+        if isinstance(x, tuple):  # (output, state) from a residual RNN layer below
+            x = x[0]
+        assert isinstance(x, torch.Tensor)
+        out = self.body(x)
+        state = None
+        if isinstance(out, tuple):  # RNN bodies: (output, state)
+            out, state = out[0], out[1]
+        if not self._built:
+            self._build(
+                tuple(x.shape),
+                tuple(out.shape),
+                device=out.device,
+                dtype=out.dtype if out.is_floating_point() else None,
+            )
+        assert self.shortcut is not None
+        skip = self.shortcut(x)
+        branch = self.drop_path(out)
+        if self.skip_enabled:
+            y = self.merge(skip, branch)
+        else:
+            y = self.merge.without_skip(skip, branch)
+        if self.post is not None:
+            y = self.post(y)
+        return y if state is None else (y, state)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": type(self).__name__,
+            "tap": "input",
+            "shortcut": type(self.shortcut).__name__ if self.ready else self.shortcut_kind,
+            "merge": type(self.merge).__name__,
+            "parameters": sum(
+                p.numel()
+                for m in (self.shortcut, self.merge)
+                if m is not None
+                for p in m.parameters()
+                if not isinstance(p, nn.parameter.UninitializedParameter)
+            ),
+            "enabled": self.skip_enabled,
+        }
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        if not self._built and any(
+            k.startswith((prefix + "shortcut.", prefix + "merge.")) for k in state_dict
+        ):
+            raise ValueError(
+                f"{self._where()}: this skip has not seen its shapes yet, so its shortcut and "
+                "merge have no parameters to load into. Call skipkit.materialize(model, "
+                "example_input) (or pass in_shape=...) before load_state_dict"
+            )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def extra_repr(self) -> str:
+        return f"layout={self.layout}, shortcut={self.shortcut_kind!r}, built={self._built}"
+
+
+def _planned_shape(
+    in_shape: tuple[int, ...], out_shape: tuple[int, ...], layout: Layout | None, merge: Merge
+) -> tuple[int, ...]:
+    """The skip's shape after a planned shortcut: the branch's, keeping the input's channels
+    when the merge concatenates."""
+    if merge.match_channels:
+        return out_shape
+    lay = resolve_layout(layout, len(out_shape))
+    d = channel_dim(lay, len(out_shape))
+    return (*out_shape[:d], in_shape[d], *out_shape[d + 1 :])
+
+
+class Highway(Residual):
+    """Highway block (Srivastava et al. 2015): ``y = H(x)*T(x) + x*(1 - T(x))``.
+
+    ``T(x) = sigmoid(W_T x + b_T)`` with ``b_T = gate_bias`` at init (negative: carry the
+    input first). Shapes as :class:`Residual` with ``merge="gate"``; other keywords are passed
+    on to it.
+    """
+
+    def __init__(
+        self,
+        body: nn.Module,
+        *,
+        gate_bias: float = -2.0,
+        shortcut: str | nn.Module = "auto",
+        post: str | nn.Module | None = None,
+        in_shape: Sequence[int] | None = None,
+        layout: str | None = None,
+    ) -> None:
+        from skipkit.merges import Gate
+
+        super().__init__(
+            body,
+            shortcut=shortcut,
+            merge=Gate(gate_bias),
+            post=post,
+            in_shape=in_shape,
+            layout=layout,
+        )
+
+
+class DenseLayer(nn.Module):
+    """DenseNet-BC layer: BN-ReLU-Conv1×1 (``bn_size*growth``) then BN-ReLU-Conv3×3 (``growth``).
+
+    ``(N, C_in, *S) -> (N, growth, *S)``. Submodule names follow torchvision's
+    ``_DenseLayer`` (``norm1, relu1, conv1, norm2, relu2, conv2``) so weights are
+    interchangeable. :meth:`bottleneck` is the part :class:`DenseBlock` recomputes in backward
+    when ``memory_efficient=True``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        growth: int,
+        *,
+        bn_size: int = 4,
+        drop_rate: float = 0.0,
+        dims: int = 2,
+    ) -> None:
+        super().__init__()
+        conv: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
+        norm: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
+        if dims not in conv:
+            raise ValueError(f"DenseLayer(dims={dims}) must be 1, 2 or 3")
+        width = bn_size * growth
+        self.norm1 = norm[dims](in_channels)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = conv[dims](in_channels, width, 1, bias=False)
+        self.norm2 = norm[dims](width)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = conv[dims](width, growth, 3, padding=1, bias=False)
+        self.drop_rate = float(drop_rate)
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, C_in, *S) -> (N, bn_size*growth, *S)``: norm1, relu1, conv1, norm2, relu2."""
+        return self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x)))))
+
+    def tail(self, h: torch.Tensor) -> torch.Tensor:
+        """``(N, bn_size*growth, *S) -> (N, growth, *S)``: conv2 and dropout."""
+        out = self.conv2(h)
+        if self.drop_rate > 0:
+            out = nn.functional.dropout(out, p=self.drop_rate, training=self.training)
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.tail(self.bottleneck(x))
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
+    """BatchNorm still normalizes with batch statistics but leaves its running statistics
+    alone: a checkpointed segment run again in backward must not count the batch twice."""
+    saved: list[tuple[nn.modules.batchnorm._BatchNorm, float | None, torch.Tensor]] = []
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
+            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
+            m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            assert m.num_batches_tracked is not None
+            m.num_batches_tracked.copy_(count)
+
+
+class DenseBlock(SkipModule):
+    """DenseNet block (Huang et al. 2017): every layer sees the concatenation of all before.
+
+    ``(N, C, *S) -> (N, C + num_layers*growth, *S)`` (channels first; ``layout="NLC"``
+    concatenates on the last dim).
+
+    Args:
+        make_layer: ``make_layer(in_channels, growth) -> nn.Module`` mapping
+            ``(N, in_channels, *S) -> (N, growth, *S)``; :class:`DenseLayer` by default.
+        num_layers: how many layers.
+        growth: channels each layer adds (``k``).
+        in_channels: input channels; when ``None`` the layers are built at the first forward
+            (or from ``in_shape``).
+        memory_efficient: recompute the concatenation (and, for :class:`DenseLayer`, its
+            norm-ReLU-conv1-norm-ReLU bottleneck) in backward instead of storing it (Pleiss et
+            al. 2017). Same outputs and gradients; feature memory linear in depth.
+        in_shape: an example input shape (batch included), an alternative to
+            ``in_channels``.
+        layout: ``"NC"`` or ``"NLC"``.
+
+    Layers are registered as ``denselayer1 … denselayerN`` (torchvision's names).
+    """
+
+    def __init__(
+        self,
+        make_layer: Callable[[int, int], nn.Module] | None,
+        num_layers: int,
+        growth: int,
+        memory_efficient: bool = False,
+        *,
+        in_channels: int | None = None,
+        in_shape: Sequence[int] | None = None,
+        layout: str | None = None,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1 or growth < 1:
+            raise ValueError(
+                f"DenseBlock needs num_layers >= 1 and growth >= 1, got {num_layers}, {growth}"
+            )
+        self.make_layer = make_layer
+        self.num_layers = num_layers
+        self.growth = growth
+        self.memory_efficient = memory_efficient
+        self.layout: Layout | None = normalize_layout(layout)
+        self._dim = 1
+        self._built = False
+        if in_shape is not None:
+            lay = resolve_layout(self.layout, len(in_shape))
+            self._dim = channel_dim(lay, len(in_shape))
+            in_channels = int(in_shape[self._dim])
+        if in_channels is not None:
+            self._build_layers(in_channels, None, None)
+
+    @property
+    def ready(self) -> bool:
+        return self._built
+
+    def _build_layers(
+        self, in_channels: int, device: torch.device | None, dtype: torch.dtype | None
+    ) -> None:
+        make = self.make_layer or (lambda c, k: DenseLayer(c, k))
+        for i in range(self.num_layers):
+            layer = make(in_channels + i * self.growth, self.growth)
+            if not isinstance(layer, nn.Module):
+                raise TypeError(f"make_layer must return an nn.Module, got {type(layer).__name__}")
+            self.add_module(f"denselayer{i + 1}", layer.to(device=device, dtype=dtype))
+        self._built = True
+
+    def layers(self) -> list[nn.Module]:
+        """The dense layers, in order."""
+        return [m for name, m in self.named_children() if name.startswith("denselayer")]
+
+    def _run_layer(self, layer: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
+        dim = self._dim
+        if self.memory_efficient and self.training and any(f.requires_grad for f in features):
+            recomputing = [False]
+
+            def segment(*feats: torch.Tensor) -> torch.Tensor:
+                cat = torch.cat(feats, dim)
+                if isinstance(layer, DenseLayer):
+                    ctx = _frozen_batchnorm_stats(layer) if recomputing[0] else None
+                    recomputing[0] = True
+                    with ctx or contextlib.nullcontext():
+                        return layer.bottleneck(cat)
+                ctx = _frozen_batchnorm_stats(layer) if recomputing[0] else None
+                recomputing[0] = True
+                with ctx or contextlib.nullcontext():
+                    out: torch.Tensor = layer(cat)
+                    return out
+
+            h = checkpoint(segment, *features, use_reentrant=False)
+            assert isinstance(h, torch.Tensor)
+            return layer.tail(h) if isinstance(layer, DenseLayer) else h
+        out: torch.Tensor = layer(torch.cat(features, dim))
+        return out
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._built:
+            lay = resolve_layout(self.layout, x.ndim)
+            self._dim = channel_dim(lay, x.ndim)
+            self._build_layers(
+                x.shape[self._dim], x.device, x.dtype if x.is_floating_point() else None
+            )
+        features = [x]
+        for layer in self.layers():
+            if self.skip_enabled:
+                inputs = features
+            else:  # the plain twin: each layer sees only the previous layer's output
+                inputs = [torch.zeros_like(f) for f in features[:-1]] + [features[-1]]
+            features.append(self._run_layer(layer, inputs))
+        if not self.skip_enabled:
+            features = [torch.zeros_like(f) for f in features[:-1]] + [features[-1]]
+        return torch.cat(features, self._dim)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "DenseBlock",
+            "tap": "every earlier layer",
+            "shortcut": "identity",
+            "merge": "Concat",
+            "parameters": 0,
+            "enabled": self.skip_enabled,
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"num_layers={self.num_layers}, growth={self.growth}, "
+            f"memory_efficient={self.memory_efficient}"
+        )
+
+
+@contextlib.contextmanager
+def skips_disabled(model: nn.Module) -> Iterator[nn.Module]:
+    """Switch every skip of ``model`` off inside the ``with`` block.
+
+    With the same weights the model then computes its plain twin: each
+    :class:`SkipModule` (``Residual``, ``Highway``, ``DenseBlock``, skips added with
+    :func:`skipkit.add_skip`, the blocks of :mod:`skipkit.models`) drops its skip path.
+    Flags are restored on exit, even after an exception.
+    """
+    saved = [(m, m.skip_enabled) for m in model.modules() if isinstance(m, SkipModule)]
+    for m, _ in saved:
+        m.skip_enabled = False
+    try:
+        yield model
+    finally:
+        for m, flag in saved:
+            m.skip_enabled = flag
+
+
+def materialize(model: nn.Module, example: Any, **kwargs: Any) -> nn.Module:
+    """Create every lazily-planned skip part of ``model`` by running one forward pass.
+
+    Call it after building the model and before building the optimizer (lazy shortcuts and
+    merges only get parameters once they have seen a shape). The pass runs without autograd
+    and in eval mode, so BatchNorm running statistics are not touched; training flags are
+    restored afterwards. Also records each skip's module path, so shape errors name it.
+
+    Args:
+        model: any module containing skipkit skips.
+        example: an input (a tensor, or a tuple of positional arguments).
+        **kwargs: keyword arguments for ``model.forward``.
+
+    Returns:
+        ``model`` itself.
+    """
+    for name, m in model.named_modules():
+        if isinstance(m, SkipModule):
+            m.path = name or type(model).__name__
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        with torch.no_grad():
+            args = example if isinstance(example, tuple) else (example,)
+            model(*args, **kwargs)
+    finally:
+        for m, training in modes:
+            m.training = training
+    lazy = [name for name, m in model.named_modules() if isinstance(m, SkipModule) and not m.ready]
+    if lazy:
+        log.warning("skips not reached by the example input stay lazy: %s", ", ".join(lazy))
+    return model
