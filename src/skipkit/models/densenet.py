@@ -1,0 +1,1 @@
+"""skipkit.models.densenet (being written)."""

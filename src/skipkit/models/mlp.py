@@ -1,0 +1,1 @@
+"""skipkit.models.mlp (being written)."""

@@ -1,0 +1,1 @@
+"""skipkit.models.resnet (being written)."""

@@ -1,0 +1,1 @@
+"""skipkit.models.rnn (being written)."""

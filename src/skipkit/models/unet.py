@@ -1,0 +1,1 @@
+"""skipkit.models.unet (being written)."""
