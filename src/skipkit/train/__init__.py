@@ -1,0 +1,29 @@
+"""Training: :class:`Trainer`, :class:`TrainConfig`, callbacks, crash-safe checkpoints.
+
+Example::
+
+    from skipkit.data import mnist1d
+    from skipkit.train import Trainer, TrainConfig, seed_everything
+
+    train, test = mnist1d()                                  # x: (N, 1, 40), y: (N,)
+    seed_everything(0)
+    model = skipkit.models.create("resnet20", dims=1, in_channels=1, num_classes=10)
+    history = Trainer(model, train, test, TrainConfig(epochs=30, out_dir="runs/r20")).fit()
+"""
+
+from __future__ import annotations
+
+from skipkit.train.checkpoint import load_weights, save_weights
+from skipkit.train.config import TrainConfig, lr_factor
+from skipkit.train.trainer import METRIC_FIELDS, Callback, Trainer, seed_everything
+
+__all__ = [
+    "METRIC_FIELDS",
+    "Callback",
+    "TrainConfig",
+    "Trainer",
+    "load_weights",
+    "lr_factor",
+    "save_weights",
+    "seed_everything",
+]

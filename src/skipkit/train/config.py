@@ -1,0 +1,170 @@
+"""Training configuration and learning-rate schedules.
+
+The schedule is a pure function of the optimizer step, so a resumed run needs nothing but the
+step count to continue on the same curve.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["AMP_MODES", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "lr_factor"]
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "step", "none")
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a :class:`~skipkit.train.Trainer` run depends on.
+
+    The defaults are the CIFAR ResNet recipe of He et al. (SGD, lr 0.1, momentum 0.9, weight
+    decay 1e-4, batch 128) with a one-cycle schedule, which reaches the same place in a few
+    dozen epochs instead of 182.
+
+    Attributes:
+        epochs: number of passes over the training set.
+        batch_size: examples per optimizer step *per process* under DDP.
+        optimizer: ``"sgd"`` or ``"adamw"``.
+        lr: peak learning rate.
+        momentum: SGD momentum.
+        nesterov: use Nesterov momentum (SGD).
+        weight_decay: L2 (SGD) or decoupled (AdamW) weight decay, applied to all parameters.
+        betas: AdamW betas.
+        schedule: ``"onecycle"``, ``"cosine"``, ``"step"`` or ``"none"``.
+        milestones: epochs at which ``"step"`` multiplies the lr by ``gamma``;
+            ``None`` means half and three quarters of ``epochs`` (He et al.'s 91 and 136 of 182).
+        gamma: factor of the ``"step"`` schedule.
+        onecycle_pct: fraction of the steps spent rising to the peak in ``"onecycle"``.
+        warmup_epochs: linear warm-up from ~0 to ``lr`` before the schedule (may be fractional).
+        label_smoothing: passed to the cross-entropy loss.
+        grad_clip: clip the global gradient norm to this value (``None``: no clipping).
+        amp: mixed precision on CUDA: ``"auto"`` (bf16 where supported), ``"bf16"``, ``"fp16"``
+            (with a gradient scaler) or ``"off"``. Ignored on CPU.
+        channels_last: use the channels-last memory format for 4-D tensors (2-D convs).
+        compile: wrap the model in ``torch.compile``.
+        seed: seeds torch, numpy, python ``random`` and the data order.
+        num_workers: DataLoader worker processes.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …; ``None`` picks CUDA when available.
+        out_dir: where metrics, checkpoints and the final weights go; ``None`` writes nothing.
+        resume: continue from the checkpoint in ``out_dir`` if there is one.
+        checkpoint: write a checkpoint after every epoch (needs ``out_dir``).
+        deterministic: ask torch for deterministic kernels (slower on CUDA; CPU runs are
+            already reproducible).
+        quiet: no progress bars and no per-epoch log lines.
+    """
+
+    epochs: int = 30
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    schedule: str = "onecycle"
+    milestones: tuple[int, ...] | None = None
+    gamma: float = 0.1
+    onecycle_pct: float = 0.3
+    warmup_epochs: float = 0.0
+    label_smoothing: float = 0.0
+    grad_clip: float | None = None
+    amp: str = "auto"
+    channels_last: bool = False
+    compile: bool = False
+    seed: int = 0
+    num_workers: int = 0
+    device: str | None = None
+    out_dir: str | os.PathLike[str] | None = None
+    resume: bool = False
+    checkpoint: bool = True
+    deterministic: bool = False
+    quiet: bool = False
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the field and the accepted values for a bad setting."""
+        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if self.weight_decay < 0 or self.momentum < 0 or self.warmup_epochs < 0:
+            raise ValueError("weight_decay, momentum and warmup_epochs must be >= 0")
+        if not 0 < self.onecycle_pct < 1:
+            raise ValueError(f"onecycle_pct must be in (0, 1), got {self.onecycle_pct}")
+        if self.num_workers < 0:
+            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        if self.resume and self.out_dir is None:
+            raise ValueError("resume=True needs out_dir (the folder of the run to continue)")
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+            raise ValueError("nesterov=True needs optimizer='sgd' and momentum > 0")
+
+    def step_milestones(self) -> tuple[int, ...]:
+        """Epochs at which the ``"step"`` schedule decays the lr."""
+        if self.milestones is not None:
+            return tuple(sorted(self.milestones))
+        return (self.epochs // 2, (3 * self.epochs) // 4)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready copy (paths as strings)."""
+        d = asdict(self)
+        if d["out_dir"] is not None:
+            d["out_dir"] = str(Path(d["out_dir"]))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields: {', '.join(unknown)}")
+        kw = dict(d)
+        for key in ("betas", "milestones"):
+            if kw.get(key) is not None:
+                kw[key] = tuple(kw[key])
+        return cls(**kw)
+
+
+def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
+    """Multiplier of ``config.lr`` for optimizer step ``step`` (0-based).
+
+    ``onecycle`` follows Smith's one-cycle policy as in ``torch.optim.lr_scheduler.OneCycleLR``
+    (cosine rise from ``lr/25`` to ``lr`` over ``onecycle_pct`` of the steps, then cosine decay to
+    ``lr/25e4``); the momentum is not cycled.
+    """
+    total = config.epochs * steps_per_epoch
+    warm = round(config.warmup_epochs * steps_per_epoch)
+    if step < warm:
+        return (step + 1) / warm
+    s, span = step - warm, max(1, total - warm)
+    if config.schedule == "none":
+        return 1.0
+    if config.schedule == "step":
+        passed = sum(step >= m * steps_per_epoch for m in config.step_milestones())
+        return float(config.gamma**passed)
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(s, span) / span))
+    start, end = 1.0 / 25.0, 1.0 / 25e4
+    up = max(1.0, config.onecycle_pct * span - 1)
+    if s <= up:
+        return _cos_interp(start, 1.0, s / up)
+    down = max(1.0, span - 1 - up)
+    return _cos_interp(1.0, end, min(1.0, (s - up) / down))
+
+
+def _cos_interp(a: float, b: float, t: float) -> float:
+    """Cosine interpolation from ``a`` (t=0) to ``b`` (t=1)."""
+    return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * t))

@@ -1,0 +1,432 @@
+"""A small, typed training loop for classifiers: ``Trainer(model, train, test, config).fit()``.
+
+What one epoch does::
+
+    for x, y in loader:                    x: (N, C, *spatial), y: (N,) class indices
+        lr  <- config.lr * lr_factor(step)       schedule is a function of the step
+        loss = CE(model(x), y)                   autocast on CUDA (bf16/fp16)
+        backward; [unscale]; on_after_backward; [clip]; optimizer step; on_step_end
+    evaluate(test); write metrics.csv/json; write checkpoint; on_epoch_end
+
+Under ``torchrun`` the model is wrapped in DistributedDataParallel, every process sees its own
+shard of each epoch, metrics are summed over processes, and only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from tqdm import tqdm
+
+from skipkit.train.checkpoint import (
+    atomic_write_text,
+    read_checkpoint,
+    save_weights,
+    write_checkpoint,
+)
+from skipkit.train.config import TrainConfig, lr_factor
+from skipkit.train.distributed import DistInfo, all_reduce_sum, broadcast_buffers, setup
+
+__all__ = ["METRIC_FIELDS", "Callback", "Trainer", "seed_everything"]
+
+log = logging.getLogger(__name__)
+
+METRIC_FIELDS = ("epoch", "train_loss", "train_error", "test_loss", "test_error", "lr", "time")
+"""Columns of ``metrics.csv``; errors are fractions in [0, 1], ``time`` is seconds per epoch."""
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class Callback:
+    """Hooks into :meth:`Trainer.fit`; subclass and override the ones you need.
+
+    Every hook gets the trainer, whose ``model`` (the unwrapped module), ``optimizer``,
+    ``epoch`` (epochs completed), ``step`` (optimizer steps taken) and ``history`` it may read.
+    An exception raised in a hook stops training; the last checkpoint stays valid.
+    """
+
+    def on_train_start(self, trainer: Trainer) -> None:
+        """Before the first epoch (also when resuming)."""
+
+    def on_after_backward(self, trainer: Trainer) -> None:
+        """Gradients are in ``p.grad`` (unscaled under fp16), before clipping and the step."""
+
+    def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
+        """After the optimizer step; ``loss`` is the batch's detached 0-dim loss."""
+
+    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
+        """After evaluation and checkpointing; ``metrics`` is the row just added to history."""
+
+    def on_train_end(self, trainer: Trainer) -> None:
+        """After the last epoch."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python ``random``, numpy's global generator and torch (CPU and CUDA)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Trainer:
+    """Train a classifier returning logits ``(N, num_classes)`` with cross-entropy.
+
+    Args:
+        model: the network; moved to the configured device. Seed (e.g. with
+            :func:`seed_everything`) before building it for a reproducible initialisation.
+        train_data: a ``Dataset`` of ``(x, y)`` pairs, ``x: (C, *spatial)``, ``y: ()`` int64.
+        test_data: evaluated after every epoch when given.
+        config: a :class:`TrainConfig`; keyword ``overrides`` replace its fields.
+        callbacks: :class:`Callback` objects called in order.
+        loss_fn: replaces ``CrossEntropyLoss(label_smoothing=config.label_smoothing)``;
+            called as ``loss_fn(logits, y)``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_data: Dataset[Any],
+        test_data: Dataset[Any] | None = None,
+        config: TrainConfig | None = None,
+        *,
+        callbacks: Sequence[Callback] = (),
+        loss_fn: LossFn | None = None,
+        **overrides: Any,
+    ) -> None:
+        base = (config or TrainConfig()).to_dict()
+        base.update(overrides)
+        self.config = cfg = TrainConfig.from_dict(base)
+        self.device = _resolve_device(cfg.device)
+        self.dist: DistInfo = setup(self.device)
+        seed_everything(cfg.seed + self.dist.rank)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+
+        self.model = model.to(self.device)
+        if cfg.channels_last:  # only 4-D weights (2-D convs) change layout
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = _build_optimizer(self.model.parameters(), cfg)
+        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
+        self.loss_fn: LossFn = loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.callbacks = list(callbacks)
+
+        net: nn.Module = self.model
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            net = DistributedDataParallel(net, device_ids=ids)
+        self.net: Callable[[torch.Tensor], torch.Tensor] = (
+            torch.compile(net) if cfg.compile else net
+        )
+
+        self.train_data, self.test_data = train_data, test_data
+        self.sampler: DistributedSampler[Any] = DistributedSampler(
+            train_data,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            shuffle=True,
+            seed=cfg.seed,
+        )
+        self._loader_rng = torch.Generator()
+        self.train_loader = DataLoader(
+            train_data,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=self._loader_rng,
+        )
+        self.steps_per_epoch = len(self.train_loader)
+        self.out_dir = Path(cfg.out_dir) if cfg.out_dir is not None else None
+        self.epoch = 0
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self._show = not cfg.quiet and self.dist.is_main
+
+    # ------------------------------------------------------------------------------ training
+
+    def fit(self) -> list[dict[str, float]]:
+        """Train for ``config.epochs`` epochs (the rest of them when resuming).
+
+        Returns:
+            the history: one dict per epoch with the keys of :data:`METRIC_FIELDS`.
+        """
+        cfg = self.config
+        if cfg.resume and self.out_dir is not None:
+            self.load_checkpoint(self.out_dir)
+        for cb in self.callbacks:
+            cb.on_train_start(self)
+        for epoch in range(self.epoch, cfg.epochs):
+            t0 = time.perf_counter()
+            train_loss, train_error = self._train_epoch(epoch)
+            broadcast_buffers(self.model, self.dist)
+            test = self.evaluate(self.test_data) if self.test_data is not None else None
+            row = {
+                "epoch": float(epoch + 1),
+                "train_loss": train_loss,
+                "train_error": train_error,
+                "test_loss": test["loss"] if test else math.nan,
+                "test_error": test["error"] if test else math.nan,
+                "lr": float(self.optimizer.param_groups[0]["lr"]),
+                "time": time.perf_counter() - t0,
+            }
+            self.history.append(row)
+            self.epoch = epoch + 1
+            if self._show:
+                log.info(_format_row(row, cfg.epochs))
+            if self.dist.is_main and self.out_dir is not None:
+                self._write_metrics()
+                if cfg.checkpoint:
+                    self.save_checkpoint(self.out_dir)
+            for cb in self.callbacks:
+                cb.on_epoch_end(self, row)
+        if self.dist.is_main and self.out_dir is not None:
+            save_weights(self.model, self.out_dir / "model.safetensors")
+        for cb in self.callbacks:
+            cb.on_train_end(self)
+        return self.history
+
+    def _train_epoch(self, epoch: int) -> tuple[float, float]:
+        """One pass over this process's shard; returns (mean loss, error) over all processes."""
+        cfg = self.config
+        self.model.train()
+        # the data order and the worker seeds depend on (seed, epoch) only, so a resumed run
+        # sees exactly the batches the uninterrupted one would have
+        self.sampler.set_epoch(epoch)
+        self._loader_rng.manual_seed(cfg.seed * 100_003 + epoch)
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)  # loss, errors, count
+        bar_iter: Iterable[Any] = self.train_loader
+        bar: tqdm[Any] | None = None
+        if self._show and sys.stderr.isatty():
+            bar = tqdm(self.train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False)
+            bar_iter = bar
+        for i, (x, y) in enumerate(bar_iter):
+            lr = cfg.lr * lr_factor(cfg, self.step, self.steps_per_epoch)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ):
+                logits = self.net(x)  # (N, num_classes)
+                loss = self.loss_fn(logits, y)
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.scaler is not None:
+                self.scaler.scale(loss).backward()
+                self.scaler.unscale_(self.optimizer)
+            else:
+                loss.backward()
+            for cb in self.callbacks:
+                cb.on_after_backward(self)
+            if cfg.grad_clip is not None:
+                nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            if self.scaler is not None:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer.step()
+            self.step += 1
+            loss = loss.detach()
+            with torch.no_grad():
+                sums[0] += loss.double() * y.shape[0]
+                sums[1] += (logits.argmax(1) != y).sum()
+                sums[2] += y.shape[0]
+            for cb in self.callbacks:
+                cb.on_step_end(self, loss)
+            if bar is not None and i % 10 == 0:
+                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{lr:.3g}")
+        if bar is not None:
+            bar.close()
+        all_reduce_sum(sums, self.dist)
+        loss_sum, errors, count = sums.tolist()
+        return loss_sum / max(count, 1.0), errors / max(count, 1.0)
+
+    @torch.no_grad()
+    def evaluate(self, data: Dataset[Any], *, batch_size: int = 512) -> dict[str, float]:
+        """Mean loss and error (fraction misclassified) of the model on ``data``.
+
+        Under DDP each process evaluates every ``world_size``-th item and the sums are
+        combined, so every item counts exactly once.
+        """
+        was_training = self.model.training
+        self.model.eval()
+        part: Dataset[Any] = data
+        if self.dist.enabled:
+            part = Subset(data, range(self.dist.rank, len(data), self.dist.world_size))  # type: ignore[arg-type]
+        sums = torch.zeros(3, dtype=torch.float64, device=self.device)
+        loader = DataLoader(part, batch_size=batch_size, num_workers=self.config.num_workers)
+        for x, y in loader:
+            x, y = self._to_device(x), y.to(self.device, non_blocking=True)
+            with torch.autocast(
+                self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+            ):
+                logits = self.model(x)
+                loss = self.loss_fn(logits.float(), y)
+            sums[0] += loss.double() * y.shape[0]
+            sums[1] += (logits.argmax(1) != y).sum()
+            sums[2] += y.shape[0]
+        all_reduce_sum(sums, self.dist)
+        self.model.train(was_training)
+        loss_sum, errors, count = sums.tolist()
+        return {"loss": loss_sum / max(count, 1.0), "error": errors / max(count, 1.0)}
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.device, non_blocking=True)
+        if self.config.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    # ------------------------------------------------------------------------ files and state
+
+    def _write_metrics(self) -> None:
+        assert self.out_dir is not None
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
+        writer.writeheader()
+        for row in self.history:
+            writer.writerow({k: _csv_value(k, row[k]) for k in METRIC_FIELDS})
+        atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
+        doc = {"config": self.config.to_dict(), "epochs": [_json_row(r) for r in self.history]}
+        atomic_write_text(self.out_dir / "metrics.json", json.dumps(doc, indent=1) + "\n")
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights needed to continue exactly: optimizer, schedule, RNG."""
+        return {
+            "step": self.step,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"schedule": self.config.schedule, "step": self.step},
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "rng": _rng_state(),
+            "history": [_json_row(r) for r in self.history],
+            "config": self.config.to_dict(),
+        }
+
+    def save_checkpoint(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write the checkpoint of the current epoch to ``out_dir`` (atomic; see checkpoint)."""
+        return write_checkpoint(out_dir, self.epoch, self.model, self.state_dict())
+
+    def load_checkpoint(self, out_dir: str | os.PathLike[str]) -> bool:
+        """Restore weights, optimizer, schedule position, RNG and history from ``out_dir``.
+
+        Returns ``False`` (and starts fresh) when ``out_dir`` has no checkpoint. In a single
+        process the continued run is bit-identical to an uninterrupted one on CPU; under DDP
+        rank 0 restores its RNG state and the other ranks reseed from (seed, rank, epoch).
+        """
+        found = read_checkpoint(out_dir)
+        if found is None:
+            log.info("no checkpoint in %s; starting from scratch", out_dir)
+            return False
+        epoch, weights, state = found
+        self.model.load_state_dict(weights)
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = epoch, int(state["step"])
+        self.history = [{k: _from_json(v) for k, v in r.items()} for r in state["history"]]
+        if self.dist.is_main:
+            _set_rng_state(state["rng"])
+        else:
+            seed_everything(self.config.seed + 1000 * self.dist.rank + epoch)
+        if self._show:
+            log.info("resumed from %s at epoch %d (step %d)", out_dir, epoch, self.step)
+        return True
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _resolve_device(name: str | None) -> torch.device:
+    if name is not None:
+        device = torch.device(name)
+    else:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return device
+
+
+def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or mode == "off":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def _build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov,
+            weight_decay=cfg.weight_decay,
+        )
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def _rng_state() -> dict[str, Any]:
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _json_row(row: dict[str, float]) -> dict[str, float | int | None]:
+    # JSON has no NaN; a missing test set is null
+    out: dict[str, float | int | None] = {}
+    for k, v in row.items():
+        out[k] = int(v) if k == "epoch" else (None if math.isnan(v) else v)
+    return out
+
+
+def _from_json(v: float | None) -> float:
+    return math.nan if v is None else float(v)
+
+
+def _csv_value(key: str, v: float) -> str:
+    if key == "epoch":
+        return str(int(v))
+    return "" if math.isnan(v) else repr(float(v))
+
+
+def _format_row(row: dict[str, float], epochs: int) -> str:
+    text = (
+        f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} "
+        f"err {100 * row['train_error']:.2f}%"
+    )
+    if not math.isnan(row["test_error"]):
+        text += f"  test loss {row['test_loss']:.4f} err {100 * row['test_error']:.2f}%"
+    return text + f"  lr {row['lr']:.3g}  {row['time']:.1f}s"
