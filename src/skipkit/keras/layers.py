@@ -1,0 +1,420 @@
+"""Keras 3 skip-connection layers: :class:`Residual`, :class:`Highway`, :class:`DenseBlock`.
+
+```
+        ┌──────── shortcut (identity | Dense | 1x1 ConvND) ────────┐
+  x ────┤                                                          merge ── post ──> y
+        └──────── body (any Keras layer, Sequential or list) ──────┘
+```
+
+Shapes are planned in ``build`` from the input shape and the body's output shape, so the
+layers work in the functional API, in ``keras.Sequential`` and in subclassed models, and
+save / load with ``model.save("m.keras")`` / ``keras.models.load_model``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
+
+import keras
+
+from skipkit.keras._shapes import (
+    Shape,
+    as_shape,
+    channel_axis,
+    fmt,
+    mismatch,
+    output_shape,
+    spatial_format,
+)
+from skipkit.keras.merges import Add, Concat, Gate, Scale
+from skipkit.keras.shortcuts import plan_shortcut
+
+_register = keras.saving.register_keras_serializable(package="skipkit")
+_SHORTCUTS = ("auto", "identity", "project")
+_MERGES = ("add", "concat", "gate", "rezero")
+_DATA_FORMATS = (None, "channels_last", "channels_first")
+
+LayerLike: TypeAlias = "keras.layers.Layer | Sequence[keras.layers.Layer]"
+
+
+def _as_layer(obj: Any, what: str) -> keras.layers.Layer:
+    """A layer, or a list of layers as a ``keras.Sequential``."""
+    if isinstance(obj, keras.layers.Layer):
+        return obj
+    if (
+        isinstance(obj, (list, tuple))
+        and obj
+        and all(isinstance(o, keras.layers.Layer) for o in obj)
+    ):
+        return keras.Sequential(list(obj))
+    raise TypeError(
+        f"{what} must be a Keras layer or a non-empty list of layers, got {type(obj).__name__}; "
+        "wrap a plain function in keras.layers.Lambda or a Layer subclass"
+    )
+
+
+def _serialize(obj: Any) -> Any:
+    """Layers as Keras configs; strings and ``None`` as they are."""
+    if obj is None or isinstance(obj, str):
+        return obj
+    return keras.saving.serialize_keras_object(obj)
+
+
+def _deserialize(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return keras.saving.deserialize_keras_object(obj)
+    return obj
+
+
+def _check_choice(value: Any, choices: Sequence[Any], what: str) -> None:
+    if isinstance(value, str) and value not in choices:
+        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
+
+
+@_register
+class Residual(keras.layers.Layer):
+    """``y = post(merge(shortcut(x), body(x)))``: a skip connection around ``body``.
+
+    Shapes (channels last; ``(N, C, …)`` channels first):
+
+    - ``merge="add" | "gate" | "rezero"``: ``(N, …, C) -> (N, …', C')``, the body's shape.
+    - ``merge="concat"``: ``(N, …, C) -> (N, …', C + C')``.
+
+    ``shortcut="auto"`` is the identity when the shapes match; otherwise a ``Dense(C')`` for
+    feature vectors and sequences, or a 1x1 ``Conv1D/2D/3D(C', strides=s)`` when the body
+    convolves or pools, with ``s`` chosen so that ``ceil(size / s)`` is the body's size
+    (``28 -> 14`` and ``7 -> 4`` are both stride 2).
+
+    Args:
+        body: the main path: a Keras layer, a ``keras.Sequential`` or a list of layers.
+        shortcut: ``"auto"``, ``"identity"`` (shapes must match), ``"project"`` (always a
+            ``Dense`` / 1x1 conv), or any Keras layer mapping ``x`` to the branch's shape.
+        merge: ``"add"``, ``"concat"`` (channel axis), ``"gate"`` (Highway,
+            ``T * body(x) + (1 - T) * shortcut(x)``), ``"rezero"`` (``x + alpha * body(x)``,
+            ``alpha`` starts at 0), or a merge layer called on ``[skip, branch]``
+            (:class:`Add`, :class:`Concat`, :class:`Gate`, :class:`Scale`, ``keras.layers.*``).
+        post: applied after the merge: an activation name (``"relu"``), a layer, or ``None``.
+        data_format: ``"channels_last"`` / ``"channels_first"``; by default that of the body's
+            convolutions, else channels last.
+        **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``, ``trainable``).
+
+    Raises:
+        ShapeMismatchError: at build, when no shortcut can make ``x`` fit the body's output
+            (the rank or a sequence length changes, a size grows, no integer stride fits).
+
+    Example:
+        >>> block = Residual(keras.layers.Dense(64, activation="relu"))  # 10 -> 64 projects
+        >>> block(keras.ops.ones((2, 10))).shape
+        (2, 64)
+    """
+
+    def __init__(
+        self,
+        body: LayerLike,
+        shortcut: str | keras.layers.Layer = "auto",
+        merge: str | keras.layers.Layer = "add",
+        post: str | keras.layers.Layer | None = None,
+        data_format: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        _check_choice(shortcut, _SHORTCUTS, "shortcut")
+        _check_choice(merge, _MERGES, "merge")
+        if data_format not in _DATA_FORMATS:
+            raise ValueError(
+                f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}"
+            )
+        self.body = _as_layer(body, "body")
+        self.data_format = data_format
+        # Strings are shorthands kept for get_config; the layers they stand for are made in
+        # build, once the shapes and data format are known.
+        self.shortcut_spec = shortcut if isinstance(shortcut, str) else None
+        self.shortcut: keras.layers.Layer | None = (
+            None if isinstance(shortcut, str) else _as_layer(shortcut, "shortcut")
+        )
+        self.merge_spec = merge if isinstance(merge, str) else None
+        self.merge: keras.layers.Layer | None = (
+            None if isinstance(merge, str) else _as_layer(merge, "merge")
+        )
+        self.post_spec = post if isinstance(post, str) else None
+        self.post: keras.layers.Layer | None
+        if isinstance(post, str):
+            self.post = keras.layers.Activation(post, name="post")
+        else:
+            self.post = None if post is None else _as_layer(post, "post")
+
+    def _make_merge(self, name: str, data_format: str, rank: int) -> keras.layers.Layer:
+        kw: dict[str, Any] = {"dtype": self.dtype_policy, "name": "merge"}
+        if name == "add":
+            return Add(**kw)
+        if name == "concat":
+            return Concat(axis=channel_axis(data_format, rank), **kw)
+        if name == "gate":
+            return Gate(data_format=data_format, **kw)
+        return Scale(0.0, data_format=data_format, **kw)
+
+    def build(self, input_shape: Shape) -> None:
+        x_shape = as_shape(input_shape)
+        h_shape = output_shape(self.body, x_shape)  # (N, …, C) -> (N, …', C')
+        conv_format = spatial_format(self.body)
+        data_format = self.data_format or conv_format or "channels_last"
+        rank = len(x_shape)
+        if self.merge is None:
+            assert self.merge_spec is not None
+            self.merge = self._make_merge(self.merge_spec, data_format, rank)
+        joins_channels = bool(getattr(self.merge, "joins_channels", False))
+        if self.shortcut_spec in ("auto", "project"):
+            self.shortcut = plan_shortcut(
+                x_shape,
+                h_shape,
+                data_format=data_format,
+                spatial=conv_format is not None,
+                keep_channels=joins_channels,
+                force=self.shortcut_spec == "project",
+                path=self.name,
+                name="shortcut",
+                dtype=self.dtype_policy,
+            )
+        # (N, …, C) -> (N, …', C'), or (N, …', C) before a concat
+        s_shape = x_shape if self.shortcut is None else output_shape(self.shortcut, x_shape)
+        self._check_join(s_shape, h_shape, data_format, joins_channels)
+        self.merge.build([s_shape, h_shape])
+        if self.post is not None:
+            y_shape = as_shape(self.merge.compute_output_shape([s_shape, h_shape]))
+            if not self.post.built:
+                self.post.build(y_shape)
+
+    def _check_join(
+        self, s_shape: Shape, h_shape: Shape, data_format: str, joins_channels: bool
+    ) -> None:
+        if self.merge_spec is None and not isinstance(self.merge, (Add, Concat, Gate, Scale)):
+            return  # a foreign merge layer checks its own inputs
+        skip_axis = channel_axis(data_format, len(s_shape)) if joins_channels else None
+        pairs = enumerate(zip(s_shape, h_shape, strict=True))
+        ok = len(s_shape) == len(h_shape) and all(
+            a == b for d, (a, b) in pairs if d not in (0, skip_axis)
+        )
+        if ok:
+            return
+        if self.shortcut_spec == "identity":
+            fixes = ["use shortcut='auto' to project the input", "make the body keep the shape"]
+        else:
+            fixes = [f"make the shortcut layer output {fmt(h_shape)}"]
+        what = "all dims but the channels" if joins_channels else "the same shape"
+        raise mismatch(
+            self.name,
+            f"the {type(self.merge).__name__} merge needs {what} on both paths",
+            skip=s_shape,
+            branch=h_shape,
+            fixes=fixes,
+        )
+
+    def call(self, x: Any) -> Any:
+        s = x if self.shortcut is None else self.shortcut(x)  # skip:   (N, …', C' or C)
+        h = self.body(x)  # branch: (N, …', C')
+        assert self.merge is not None, "merge is made in build"
+        y = self.merge([s, h])
+        return y if self.post is None else self.post(y)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        x_shape = as_shape(input_shape)
+        if not self.built:
+            self.build(x_shape)
+        assert self.merge is not None
+        h_shape = output_shape(self.body, x_shape)
+        s_shape = x_shape if self.shortcut is None else output_shape(self.shortcut, x_shape)
+        y_shape = as_shape(self.merge.compute_output_shape([s_shape, h_shape]))
+        return y_shape if self.post is None else output_shape(self.post, y_shape)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            body=_serialize(self.body),
+            shortcut=self.shortcut_spec or _serialize(self.shortcut),
+            merge=self.merge_spec or _serialize(self.merge),
+            post=self.post_spec or _serialize(self.post),
+            data_format=self.data_format,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Residual:
+        config = dict(config)
+        for key in ("body", "shortcut", "merge", "post"):
+            if key in config:
+                config[key] = _deserialize(config[key])
+        return cls(**config)
+
+
+@_register
+class Highway(Residual):
+    """Highway layer (Srivastava et al. 2015): ``y = T * body(x) + (1 - T) * shortcut(x)``.
+
+    ``T = sigmoid(W s + b)`` has one gate per output channel, with ``b`` starting at
+    ``gate_bias`` so that the layer first carries its input. Shapes as the body's:
+    ``(N, …, C) -> (N, …', C')``; the shortcut projects (``Dense`` / 1x1 conv) when ``C != C'``.
+
+    Args:
+        body: the transform ``H``: a Keras layer, ``keras.Sequential`` or list of layers.
+        gate_bias: initial bias of the transform gate; negative favours carrying ``x``.
+        shortcut, post, data_format, **kwargs: as for :class:`Residual`.
+    """
+
+    def __init__(
+        self,
+        body: LayerLike,
+        gate_bias: float = -2.0,
+        shortcut: str | keras.layers.Layer = "auto",
+        post: str | keras.layers.Layer | None = None,
+        data_format: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            body, shortcut=shortcut, merge="gate", post=post, data_format=data_format, **kwargs
+        )
+        self.gate_bias = float(gate_bias)
+
+    def _make_merge(self, name: str, data_format: str, rank: int) -> keras.layers.Layer:
+        return Gate(self.gate_bias, data_format=data_format, dtype=self.dtype_policy, name="merge")
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        del config["merge"]
+        config["gate_bias"] = self.gate_bias
+        return config
+
+
+@_register
+class DenseBlock(keras.layers.Layer):
+    """DenseNet block (Huang et al. 2017): every layer sees all earlier feature maps.
+
+    ```
+      x ─┬─ layer0 ─┬─ layer1 ─┬─ …      each layer: concat(x, h0, …, h_{i-1}) -> h_i
+         └──────────┴──────────┴── concat(x, h0, h1, …) = y
+    ```
+
+    Shapes: ``(N, …, C) -> (N, …, C + L * g)`` for ``L`` layers of ``g`` (growth) channels;
+    the concatenation is on the channel axis (last, or 1 for channels first). Each layer must
+    keep every other dim (``padding="same"``, stride 1, ``return_sequences=True``).
+
+    Args:
+        layers: either a list of layers (or of lists of layers, each made a ``Sequential``),
+            or a callable ``make_layer(growth) -> layer`` called ``num_layers`` times.
+        num_layers: how many layers to make with ``make_layer``; with a list, its length
+            (checked when given).
+        growth: channels each layer adds; required with ``make_layer``, checked at build when
+            given with a list.
+        data_format: ``"channels_last"`` / ``"channels_first"``; by default that of the
+            layers' convolutions, else channels last.
+        **kwargs: ``keras.layers.Layer`` arguments.
+
+    Raises:
+        ShapeMismatchError: at build, when a layer changes a non-channel dim or does not add
+            ``growth`` channels.
+
+    Example:
+        >>> conv = lambda g: keras.Sequential([keras.layers.BatchNormalization(),
+        ...     keras.layers.ReLU(), keras.layers.Conv2D(g, 3, padding="same")])
+        >>> DenseBlock(conv, num_layers=4, growth=12)(keras.ops.ones((2, 8, 8, 16))).shape
+        (2, 8, 8, 64)
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[LayerLike] | Callable[[int], LayerLike],
+        num_layers: int | None = None,
+        growth: int | None = None,
+        data_format: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if data_format not in _DATA_FORMATS:
+            raise ValueError(
+                f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}"
+            )
+        if callable(layers) and not isinstance(layers, keras.layers.Layer):
+            if num_layers is None or growth is None:
+                raise TypeError("DenseBlock(make_layer, ...) needs num_layers= and growth=")
+            made = [_as_layer(layers(growth), f"make_layer({growth})") for _ in range(num_layers)]
+        elif isinstance(layers, (list, tuple)) and layers:
+            made = [_as_layer(layer, f"layers[{i}]") for i, layer in enumerate(layers)]
+            if num_layers is not None and num_layers != len(made):
+                raise ValueError(f"num_layers={num_layers} but {len(made)} layers were given")
+        else:
+            raise TypeError(
+                "DenseBlock takes a non-empty list of layers or a callable make_layer(growth), "
+                f"got {type(layers).__name__}"
+            )
+        self.block_layers = made
+        self.growth = growth
+        self.data_format = data_format
+        self._axis = -1
+
+    def build(self, input_shape: Shape) -> None:
+        shape = as_shape(input_shape)
+        fmts = [spatial_format(layer) for layer in self.block_layers]
+        data_format = self.data_format or next((f for f in fmts if f), "channels_last")
+        self._axis = axis = channel_axis(data_format, len(shape))
+        for i, layer in enumerate(self.block_layers):
+            h = output_shape(layer, shape)  # (N, …, C_i) -> (N, …, g)
+            path = f"{self.name}.block_layers[{i}]"
+            same_rest = len(h) == len(shape) and all(
+                a == b for d, (a, b) in enumerate(zip(shape, h, strict=True)) if d not in (0, axis)
+            )
+            if not same_rest:
+                raise mismatch(
+                    path,
+                    "a dense layer must keep every dim but the channels",
+                    skip=shape,
+                    branch=h,
+                    fixes=["use padding='same' and strides=1 (return_sequences=True for RNNs)"],
+                )
+            if self.growth is not None and h[axis] != self.growth:
+                raise mismatch(
+                    path,
+                    f"the layer adds {h[axis]} channels, not growth={self.growth}",
+                    skip=shape,
+                    branch=h,
+                    fixes=[f"make each layer output {self.growth} channels"],
+                )
+            c, g = shape[axis], h[axis]
+            shape = (
+                *shape[:axis],
+                None if c is None or g is None else c + g,
+                *shape[axis + 1 :],
+            )
+
+    def call(self, x: Any) -> Any:
+        features = x  # (N, …, C)
+        for layer in self.block_layers:
+            h = layer(features)  # (N, …, g)
+            features = keras.ops.concatenate([features, h], axis=self._axis)
+        return features  # (N, …, C + L * g)
+
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
+        shape = as_shape(input_shape)
+        if not self.built:
+            self.build(shape)
+        for layer in self.block_layers:
+            h = output_shape(layer, shape)
+            c, g = shape[self._axis], h[self._axis]
+            out = list(shape)
+            out[self._axis] = None if c is None or g is None else c + g
+            shape = tuple(out)
+        return shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update(
+            layers=[_serialize(layer) for layer in self.block_layers],
+            growth=self.growth,
+            data_format=self.data_format,
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> DenseBlock:
+        config = dict(config)
+        config["layers"] = [_deserialize(c) for c in config["layers"]]
+        return cls(**config)
