@@ -31,7 +31,8 @@ if int(keras.__version__.split(".")[0]) < 3:  # pragma: no cover - Keras 2 is no
         "pip install skipkit[keras] (or pip install -U 'keras>=3.3')"
     )
 
-from skipkit.keras.layers import DenseBlock, Highway, Residual
+from skipkit.keras.dense import DenseBlock, dense_layer
+from skipkit.keras.layers import Highway, Residual
 from skipkit.keras.merges import Add, Concat, Gate, Scale
 from skipkit.keras.shortcuts import plan_shortcut
 from skipkit.shapes import ShapeMismatchError
@@ -45,5 +46,6 @@ __all__ = [
     "Residual",
     "Scale",
     "ShapeMismatchError",
+    "dense_layer",
     "plan_shortcut",
 ]

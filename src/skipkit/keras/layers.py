@@ -1,4 +1,4 @@
-"""Keras 3 skip-connection layers: :class:`Residual`, :class:`Highway`, :class:`DenseBlock`.
+"""Keras 3 residual layers: :class:`Residual` and :class:`Highway`.
 
 ```
         ┌──────── shortcut (identity | Dense | 1x1 ConvND) ────────┐
@@ -13,11 +13,18 @@ save / load with ``model.save("m.keras")`` / ``keras.models.load_model``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 import keras
 
+from skipkit.keras._config import (
+    LayerLike,
+    as_layer,
+    check_choice,
+    check_data_format,
+    deserialize,
+    serialize,
+)
 from skipkit.keras._shapes import (
     Shape,
     as_shape,
@@ -33,43 +40,6 @@ from skipkit.keras.shortcuts import plan_shortcut
 _register = keras.saving.register_keras_serializable(package="skipkit")
 _SHORTCUTS = ("auto", "identity", "project")
 _MERGES = ("add", "concat", "gate", "rezero")
-_DATA_FORMATS = (None, "channels_last", "channels_first")
-
-LayerLike: TypeAlias = "keras.layers.Layer | Sequence[keras.layers.Layer]"
-
-
-def _as_layer(obj: Any, what: str) -> keras.layers.Layer:
-    """A layer, or a list of layers as a ``keras.Sequential``."""
-    if isinstance(obj, keras.layers.Layer):
-        return obj
-    if (
-        isinstance(obj, (list, tuple))
-        and obj
-        and all(isinstance(o, keras.layers.Layer) for o in obj)
-    ):
-        return keras.Sequential(list(obj))
-    raise TypeError(
-        f"{what} must be a Keras layer or a non-empty list of layers, got {type(obj).__name__}; "
-        "wrap a plain function in keras.layers.Lambda or a Layer subclass"
-    )
-
-
-def _serialize(obj: Any) -> Any:
-    """Layers as Keras configs; strings and ``None`` as they are."""
-    if obj is None or isinstance(obj, str):
-        return obj
-    return keras.saving.serialize_keras_object(obj)
-
-
-def _deserialize(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return keras.saving.deserialize_keras_object(obj)
-    return obj
-
-
-def _check_choice(value: Any, choices: Sequence[Any], what: str) -> None:
-    if isinstance(value, str) and value not in choices:
-        raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
 
 
 @_register
@@ -112,6 +82,7 @@ class Residual(keras.layers.Layer):
     def __init__(
         self,
         body: LayerLike,
+        *,
         shortcut: str | keras.layers.Layer = "auto",
         merge: str | keras.layers.Layer = "add",
         post: str | keras.layers.Layer | None = None,
@@ -119,30 +90,27 @@ class Residual(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        _check_choice(shortcut, _SHORTCUTS, "shortcut")
-        _check_choice(merge, _MERGES, "merge")
-        if data_format not in _DATA_FORMATS:
-            raise ValueError(
-                f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}"
-            )
-        self.body = _as_layer(body, "body")
+        check_choice(shortcut, _SHORTCUTS, "shortcut")
+        check_choice(merge, _MERGES, "merge")
+        check_data_format(data_format)
+        self.body = as_layer(body, "body")
         self.data_format = data_format
         # Strings are shorthands kept for get_config; the layers they stand for are made in
         # build, once the shapes and data format are known.
         self.shortcut_spec = shortcut if isinstance(shortcut, str) else None
         self.shortcut: keras.layers.Layer | None = (
-            None if isinstance(shortcut, str) else _as_layer(shortcut, "shortcut")
+            None if isinstance(shortcut, str) else as_layer(shortcut, "shortcut")
         )
         self.merge_spec = merge if isinstance(merge, str) else None
         self.merge: keras.layers.Layer | None = (
-            None if isinstance(merge, str) else _as_layer(merge, "merge")
+            None if isinstance(merge, str) else as_layer(merge, "merge")
         )
         self.post_spec = post if isinstance(post, str) else None
         self.post: keras.layers.Layer | None
         if isinstance(post, str):
             self.post = keras.layers.Activation(post, name="post")
         else:
-            self.post = None if post is None else _as_layer(post, "post")
+            self.post = None if post is None else as_layer(post, "post")
 
     def _make_merge(self, name: str, data_format: str, rank: int) -> keras.layers.Layer:
         kw: dict[str, Any] = {"dtype": self.dtype_policy, "name": "merge"}
@@ -230,10 +198,10 @@ class Residual(keras.layers.Layer):
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
-            body=_serialize(self.body),
-            shortcut=self.shortcut_spec or _serialize(self.shortcut),
-            merge=self.merge_spec or _serialize(self.merge),
-            post=self.post_spec or _serialize(self.post),
+            body=serialize(self.body),
+            shortcut=self.shortcut_spec or serialize(self.shortcut),
+            merge=self.merge_spec or serialize(self.merge),
+            post=self.post_spec or serialize(self.post),
             data_format=self.data_format,
         )
         return config
@@ -243,7 +211,7 @@ class Residual(keras.layers.Layer):
         config = dict(config)
         for key in ("body", "shortcut", "merge", "post"):
             if key in config:
-                config[key] = _deserialize(config[key])
+                config[key] = deserialize(config[key])
         return cls(**config)
 
 
@@ -264,6 +232,7 @@ class Highway(Residual):
     def __init__(
         self,
         body: LayerLike,
+        *,
         gate_bias: float = -2.0,
         shortcut: str | keras.layers.Layer = "auto",
         post: str | keras.layers.Layer | None = None,
@@ -283,138 +252,3 @@ class Highway(Residual):
         del config["merge"]
         config["gate_bias"] = self.gate_bias
         return config
-
-
-@_register
-class DenseBlock(keras.layers.Layer):
-    """DenseNet block (Huang et al. 2017): every layer sees all earlier feature maps.
-
-    ```
-      x ─┬─ layer0 ─┬─ layer1 ─┬─ …      each layer: concat(x, h0, …, h_{i-1}) -> h_i
-         └──────────┴──────────┴── concat(x, h0, h1, …) = y
-    ```
-
-    Shapes: ``(N, …, C) -> (N, …, C + L * g)`` for ``L`` layers of ``g`` (growth) channels;
-    the concatenation is on the channel axis (last, or 1 for channels first). Each layer must
-    keep every other dim (``padding="same"``, stride 1, ``return_sequences=True``).
-
-    Args:
-        layers: either a list of layers (or of lists of layers, each made a ``Sequential``),
-            or a callable ``make_layer(growth) -> layer`` called ``num_layers`` times.
-        num_layers: how many layers to make with ``make_layer``; with a list, its length
-            (checked when given).
-        growth: channels each layer adds; required with ``make_layer``, checked at build when
-            given with a list.
-        data_format: ``"channels_last"`` / ``"channels_first"``; by default that of the
-            layers' convolutions, else channels last.
-        **kwargs: ``keras.layers.Layer`` arguments.
-
-    Raises:
-        ShapeMismatchError: at build, when a layer changes a non-channel dim or does not add
-            ``growth`` channels.
-
-    Example:
-        >>> conv = lambda g: keras.Sequential([keras.layers.BatchNormalization(),
-        ...     keras.layers.ReLU(), keras.layers.Conv2D(g, 3, padding="same")])
-        >>> DenseBlock(conv, num_layers=4, growth=12)(keras.ops.ones((2, 8, 8, 16))).shape
-        (2, 8, 8, 64)
-    """
-
-    def __init__(
-        self,
-        layers: Sequence[LayerLike] | Callable[[int], LayerLike],
-        num_layers: int | None = None,
-        growth: int | None = None,
-        data_format: str | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        if data_format not in _DATA_FORMATS:
-            raise ValueError(
-                f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}"
-            )
-        if callable(layers) and not isinstance(layers, keras.layers.Layer):
-            if num_layers is None or growth is None:
-                raise TypeError("DenseBlock(make_layer, ...) needs num_layers= and growth=")
-            made = [_as_layer(layers(growth), f"make_layer({growth})") for _ in range(num_layers)]
-        elif isinstance(layers, (list, tuple)) and layers:
-            made = [_as_layer(layer, f"layers[{i}]") for i, layer in enumerate(layers)]
-            if num_layers is not None and num_layers != len(made):
-                raise ValueError(f"num_layers={num_layers} but {len(made)} layers were given")
-        else:
-            raise TypeError(
-                "DenseBlock takes a non-empty list of layers or a callable make_layer(growth), "
-                f"got {type(layers).__name__}"
-            )
-        self.block_layers = made
-        self.growth = growth
-        self.data_format = data_format
-        self._axis = -1
-
-    def build(self, input_shape: Shape) -> None:
-        shape = as_shape(input_shape)
-        fmts = [spatial_format(layer) for layer in self.block_layers]
-        data_format = self.data_format or next((f for f in fmts if f), "channels_last")
-        self._axis = axis = channel_axis(data_format, len(shape))
-        for i, layer in enumerate(self.block_layers):
-            h = output_shape(layer, shape)  # (N, …, C_i) -> (N, …, g)
-            path = f"{self.name}.block_layers[{i}]"
-            same_rest = len(h) == len(shape) and all(
-                a == b for d, (a, b) in enumerate(zip(shape, h, strict=True)) if d not in (0, axis)
-            )
-            if not same_rest:
-                raise mismatch(
-                    path,
-                    "a dense layer must keep every dim but the channels",
-                    skip=shape,
-                    branch=h,
-                    fixes=["use padding='same' and strides=1 (return_sequences=True for RNNs)"],
-                )
-            if self.growth is not None and h[axis] != self.growth:
-                raise mismatch(
-                    path,
-                    f"the layer adds {h[axis]} channels, not growth={self.growth}",
-                    skip=shape,
-                    branch=h,
-                    fixes=[f"make each layer output {self.growth} channels"],
-                )
-            c, g = shape[axis], h[axis]
-            shape = (
-                *shape[:axis],
-                None if c is None or g is None else c + g,
-                *shape[axis + 1 :],
-            )
-
-    def call(self, x: Any) -> Any:
-        features = x  # (N, …, C)
-        for layer in self.block_layers:
-            h = layer(features)  # (N, …, g)
-            features = keras.ops.concatenate([features, h], axis=self._axis)
-        return features  # (N, …, C + L * g)
-
-    def compute_output_shape(self, input_shape: Shape) -> Shape:
-        shape = as_shape(input_shape)
-        if not self.built:
-            self.build(shape)
-        for layer in self.block_layers:
-            h = output_shape(layer, shape)
-            c, g = shape[self._axis], h[self._axis]
-            out = list(shape)
-            out[self._axis] = None if c is None or g is None else c + g
-            shape = tuple(out)
-        return shape
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            layers=[_serialize(layer) for layer in self.block_layers],
-            growth=self.growth,
-            data_format=self.data_format,
-        )
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> DenseBlock:
-        config = dict(config)
-        config["layers"] = [_deserialize(c) for c in config["layers"]]
-        return cls(**config)
