@@ -229,6 +229,9 @@ class Residual(SkipModule):
         else:
             skip_shape = self._custom_shortcut_shape(in_shape, out_shape)
         self.merge.setup(skip_shape, out_shape, self.layout, device=device, dtype=dtype)
+        # Parts created now must follow the block's mode (e.g. eval inside materialize()).
+        self.shortcut.train(self.training)
+        self.merge.train(self.training)
         self._built = True
         log.debug(
             "%s: shortcut %s for %s -> %s",
@@ -496,6 +499,7 @@ class DenseBlock(SkipModule):
             layer = make(in_channels + i * self.growth, self.growth)
             if not isinstance(layer, nn.Module):
                 raise TypeError(f"make_layer must return an nn.Module, got {type(layer).__name__}")
+            layer.train(self.training)
             self.add_module(f"denselayer{i + 1}", layer.to(device=device, dtype=dtype))
         self._built = True
 
