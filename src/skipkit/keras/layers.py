@@ -16,7 +16,6 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-
 from skipkit.keras._config import (
     LayerLike,
     as_layer,
@@ -40,6 +39,7 @@ from skipkit.keras.shortcuts import plan_shortcut
 _register = keras.saving.register_keras_serializable(package="skipkit")
 _SHORTCUTS = ("auto", "identity", "project")
 _MERGES = ("add", "concat", "gate", "rezero")
+_PROBE = 64  # stands in for unknown sizes when planning strides
 
 
 @_register
@@ -140,6 +140,7 @@ class Residual(keras.layers.Layer):
                 spatial=conv_format is not None,
                 keep_channels=joins_channels,
                 force=self.shortcut_spec == "project",
+                probe=self._probe(x_shape, h_shape),
                 path=self.name,
                 name="shortcut",
                 dtype=self.dtype_policy,
@@ -152,6 +153,21 @@ class Residual(keras.layers.Layer):
             y_shape = as_shape(self.merge.compute_output_shape([s_shape, h_shape]))
             if not self.post.built:
                 self.post.build(y_shape)
+
+    def _probe(self, x_shape: Shape, h_shape: Shape) -> tuple[Shape, Shape] | None:
+        """The body's shapes at size 64 for dims unknown on both sides, if it takes them."""
+        unknown = [
+            d
+            for d in range(1, len(x_shape))
+            if x_shape[d] is None and d < len(h_shape) and h_shape[d] is None
+        ]
+        if not unknown:
+            return None
+        probe_in = tuple(_PROBE if d in unknown else n for d, n in enumerate(x_shape))
+        try:
+            return probe_in, output_shape(self.body, probe_in)
+        except Exception:  # a body that only takes unknown sizes cannot be probed
+            return None
 
     def _check_join(
         self, s_shape: Shape, h_shape: Shape, data_format: str, joins_channels: bool

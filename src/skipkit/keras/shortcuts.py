@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 import keras
-
 from skipkit.keras._shapes import Shape, channel_axis, fmt, mismatch, stride_for
 
 _CONV = {3: keras.layers.Conv1D, 4: keras.layers.Conv2D, 5: keras.layers.Conv3D}
@@ -38,6 +37,7 @@ def plan_shortcut(
     spatial: bool = False,
     keep_channels: bool = False,
     force: bool = False,
+    probe: tuple[Shape, Shape] | None = None,
     path: str = "<root>",
     **layer_kwargs: Any,
 ) -> keras.layers.Layer | None:
@@ -52,6 +52,9 @@ def plan_shortcut(
             and must be equal.
         keep_channels: match only the non-channel dims (for a concatenation).
         force: return a projection even when the shapes already match.
+        probe: the body's input and output shapes at a concrete size for the dims unknown on
+            both sides (``None`` in ``in_shape`` and ``out_shape``), so that a body that
+            downsamples variable-size maps still gets the right stride.
         path: name of the skip, for error messages.
         **layer_kwargs: passed to the ``Dense`` / ``ConvND`` (``name``, ``dtype``, …).
 
@@ -79,24 +82,27 @@ def plan_shortcut(
         if d == axis:
             continue
         i, o = in_shape[d], out_shape[d]
+        if i is None and o is None and probe is not None:
+            i, o = probe[0][d], probe[1][d]
+        probed = " at a probe size" if in_shape[d] is None and out_shape[d] is None else ""
+        if not spatial and i is not None and o is not None and i != o:
+            raise mismatch(
+                path,
+                f"the sequence length (dim {d}) changes from {i} to {o}{probed}",
+                skip=in_shape,
+                branch=out_shape,
+                fixes=_bad_dim_fixes(spatial, out_shape),
+            )
         s = stride_for(i, o)
         if s is None:
             if i is None or o is None:
                 why = f"dim {d} is known on one side only ({i} vs {o}), so no stride can be planned"
             elif o > i:
-                why = f"dim {d} grows from {i} to {o}; a 1x1 shortcut can only downsample"
+                why = f"dim {d} grows from {i} to {o}{probed}; a 1x1 shortcut can only downsample"
             else:
-                why = f"dim {d} goes from {i} to {o} and no stride s gives ceil({i}/s) == {o}"
+                why = f"dim {d} goes from {i} to {o}{probed}; no stride s gives ceil({i}/s) == {o}"
             raise mismatch(
                 path, why, skip=in_shape, branch=out_shape, fixes=_bad_dim_fixes(spatial, out_shape)
-            )
-        if s > 1 and not spatial:
-            raise mismatch(
-                path,
-                f"the sequence length (dim {d}) changes from {i} to {o}",
-                skip=in_shape,
-                branch=out_shape,
-                fixes=_bad_dim_fixes(spatial, out_shape),
             )
         strides.append(s)
     if channels is None:
