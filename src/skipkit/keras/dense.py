@@ -89,10 +89,10 @@ class DenseBlock(keras.layers.Layer):
             ``growth`` channels.
 
     Example:
-        >>> DenseBlock(num_layers=4, growth=12)(keras.ops.ones((2, 8, 8, 16))).shape
+        >>> tuple(DenseBlock(num_layers=4, growth=12)(keras.ops.ones((2, 8, 8, 16))).shape)
         (2, 8, 8, 64)
         >>> conv = lambda c, g: keras.layers.Conv2D(g, 3, padding="same", activation="relu")
-        >>> DenseBlock(conv, 2, 8)(keras.ops.ones((2, 8, 8, 16))).shape
+        >>> tuple(DenseBlock(conv, 2, 8)(keras.ops.ones((2, 8, 8, 16))).shape)
         (2, 8, 8, 32)
     """
 

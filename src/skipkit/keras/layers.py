@@ -75,7 +75,7 @@ class Residual(keras.layers.Layer):
 
     Example:
         >>> block = Residual(keras.layers.Dense(64, activation="relu"))  # 10 -> 64 projects
-        >>> block(keras.ops.ones((2, 10))).shape
+        >>> tuple(block(keras.ops.ones((2, 10))).shape)
         (2, 64)
     """
 
@@ -148,7 +148,8 @@ class Residual(keras.layers.Layer):
         # (N, …, C) -> (N, …', C'), or (N, …', C) before a concat
         s_shape = x_shape if self.shortcut is None else output_shape(self.shortcut, x_shape)
         self._check_join(s_shape, h_shape, data_format, joins_channels)
-        self.merge.build([s_shape, h_shape])
+        if not self.merge.built:  # a deserialized merge layer comes built
+            self.merge.build([s_shape, h_shape])
         if self.post is not None:
             y_shape = as_shape(self.merge.compute_output_shape([s_shape, h_shape]))
             if not self.post.built:

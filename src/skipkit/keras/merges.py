@@ -12,7 +12,6 @@ from typing import Any
 
 import keras
 from keras import ops
-
 from skipkit.keras._shapes import Shape, as_shape, channel_axis
 
 _register = keras.saving.register_keras_serializable(package="skipkit")
@@ -161,7 +160,7 @@ class Scale(keras.layers.Layer):
     def call(self, inputs: list[Any]) -> Any:
         skip, branch = inputs
         alpha = ops.reshape(self.alpha, self._broadcast) if self.per_channel else self.alpha
-        return skip + ops.cast(alpha, branch.dtype) * branch
+        return skip + ops.cast(alpha, self.compute_dtype) * branch
 
     def compute_output_shape(self, input_shape: list[Shape]) -> Shape:
         return as_shape(input_shape[1])
