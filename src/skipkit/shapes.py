@@ -79,13 +79,17 @@ class ShapeMismatchError(ValueError):
         message: str,
         *,
         path: str | None = None,
-        skip_shape: Sequence[int] | None = None,
-        branch_shape: Sequence[int] | None = None,
+        skip_shape: Sequence[int | None] | None = None,
+        branch_shape: Sequence[int | None] | None = None,
         fixes: Iterable[str] = (),
     ) -> None:
         self.path = path or "<root>"
-        self.skip_shape = tuple(skip_shape) if skip_shape is not None else None
-        self.branch_shape = tuple(branch_shape) if branch_shape is not None else None
+        self.skip_shape: tuple[int | None, ...] | None = (
+            tuple(skip_shape) if skip_shape is not None else None
+        )
+        self.branch_shape: tuple[int | None, ...] | None = (
+            tuple(branch_shape) if branch_shape is not None else None
+        )
         self.fixes = list(fixes)
         text = f"{self.path}: {message}"
         if self.skip_shape is not None or self.branch_shape is not None:
@@ -105,8 +109,8 @@ class ShapeMismatchError(ValueError):
 def _rebuild_error(
     text: str,
     path: str,
-    skip_shape: tuple[int, ...] | None,
-    branch_shape: tuple[int, ...] | None,
+    skip_shape: tuple[int | None, ...] | None,
+    branch_shape: tuple[int | None, ...] | None,
     fixes: list[str],
 ) -> ShapeMismatchError:
     err = ShapeMismatchError.__new__(ShapeMismatchError)
@@ -115,11 +119,12 @@ def _rebuild_error(
     return err
 
 
-def fmt_shape(shape: Sequence[int] | torch.Size | None) -> str:
-    """``(2, 3, 4)`` → ``"(2, 3, 4)"``; ``None`` → ``"?"``."""
+def fmt_shape(shape: Sequence[int | None] | torch.Size | None) -> str:
+    """``(2, 3, 4)`` → ``"(2, 3, 4)"``; unknown dims (Keras' ``None``) print as ``None``;
+    an unknown shape prints as ``"?"``."""
     if shape is None:
         return "?"
-    return "(" + ", ".join(str(int(s)) for s in shape) + ")"
+    return "(" + ", ".join("None" if s is None else str(int(s)) for s in shape) + ")"
 
 
 def normalize_layout(layout: str | None) -> Layout | None:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+
 from skipkit.keras._config import LayerLike, as_layer, check_data_format, deserialize, serialize
 from skipkit.keras._shapes import (
     Shape,

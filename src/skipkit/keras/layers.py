@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+
 from skipkit.keras._config import (
     LayerLike,
     as_layer,

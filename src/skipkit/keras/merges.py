@@ -12,6 +12,7 @@ from typing import Any
 
 import keras
 from keras import ops
+
 from skipkit.keras._shapes import Shape, as_shape, channel_axis
 
 _register = keras.saving.register_keras_serializable(package="skipkit")

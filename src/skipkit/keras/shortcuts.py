@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import keras
+
 from skipkit.keras._shapes import Shape, channel_axis, fmt, mismatch, stride_for
 
 _CONV = {3: keras.layers.Conv1D, 4: keras.layers.Conv2D, 5: keras.layers.Conv3D}
