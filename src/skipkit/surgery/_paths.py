@@ -1,0 +1,149 @@
+"""Module paths: resolving them with "did you mean" errors, and one probing forward pass that
+records, per path, how often the module ran, in which order it finished, and its output."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from skipkit.shapes import close_matches
+
+
+def show(path: str) -> str:
+    """``'layer1'`` → ``"'layer1'"``; the root (``''``) → ``'<root>'``."""
+    return repr(path) if path else "<root>"
+
+
+def module_paths(root: nn.Module) -> dict[str, nn.Module]:
+    """Every submodule by every path (a module registered twice appears under both)."""
+    return dict(root.named_modules(remove_duplicate=False))
+
+
+def unknown_path_error(
+    path: str, root: nn.Module, *, what: str, extra: Iterable[str] = ()
+) -> ValueError:
+    """``ValueError`` naming the path, the model and the nearest existing paths."""
+    names = [n for n in module_paths(root) if n] + list(extra)
+    hint = close_matches(path, names)
+    if not hint:  # a wrong prefix: match on the last component
+        tail = path.rsplit(".", 1)[-1]
+        hint = [n for n in names if n.rsplit(".", 1)[-1] == tail][:3]
+    did_you_mean = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
+    return ValueError(
+        f"{what} {path!r} is not a submodule of {type(root).__name__}.{did_you_mean} "
+        "(list the paths with [name for name, _ in model.named_modules()])"
+    )
+
+
+def resolve(root: nn.Module, path: str, *, what: str) -> nn.Module:
+    """The submodule at ``path`` (``''`` is ``root`` itself)."""
+    if not isinstance(path, str):
+        raise TypeError(f"{what} must be a module path (a str), got {type(path).__name__}")
+    found = module_paths(root).get(path)
+    if found is None:
+        raise unknown_path_error(path, root, what=what)
+    return found
+
+
+def path_of(root: nn.Module, module: nn.Module, *, what: str) -> str:
+    """The path of ``module`` inside ``root`` (for callers that pass modules, not paths)."""
+    for name, m in root.named_modules():
+        if m is module:
+            return name
+    raise ValueError(
+        f"{what} {type(module).__name__} is not a submodule of {type(root).__name__}; pass it "
+        "as a path string"
+    )
+
+
+def call(module: nn.Module, inputs: Any) -> Any:
+    """``module(x)``, ``module(*x)`` for a tuple, ``module(**x)`` for a mapping."""
+    if isinstance(inputs, tuple):
+        return module(*inputs)
+    if isinstance(inputs, Mapping):
+        return module(**inputs)
+    return module(inputs)
+
+
+def first_tensor(value: Any, *, path: str, role: str) -> torch.Tensor:
+    """The tensor a skip uses: the output itself, or the first item of a tuple/list (RNNs
+    return ``(output, state)``)."""
+    if isinstance(value, tuple | list) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    if isinstance(value, torch.Tensor):
+        return value
+    raise TypeError(
+        f"{role} {show(path)} returns {type(value).__name__}; a skip needs a tensor (or a "
+        "tuple whose first item is one). Fix: pick a submodule that returns a tensor"
+    )
+
+
+@dataclasses.dataclass
+class Seen:
+    """What the probe saw of one path."""
+
+    calls: int = 0
+    finished: int = -1  # position among all recorded completions (first call)
+    output: Any = None
+    version: int = 0  # the output tensor's version counter when the module finished
+    versions_then: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def eval_no_grad(module: nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm statistics untouched, no dropout) without autograd; the modes are
+    restored afterwards."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def probe(root: nn.Module, paths: Iterable[str], run: Callable[[], Any]) -> dict[str, Seen]:
+    """Run ``run()`` once (eval mode, no grad) with hooks on ``paths`` of ``root``.
+
+    The hooks go after any existing ones, so they see outputs as the rest of the model does.
+    At each completion the version counters of earlier outputs are noted: a change means a
+    later layer modified that output in place.
+    """
+    modules = module_paths(root)
+    seen = {p: Seen() for p in paths}
+    counter = [0]
+
+    def record(path: str) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            s = seen[path]
+            s.calls += 1
+            if s.calls > 1:
+                return
+            s.finished, counter[0] = counter[0], counter[0] + 1
+            s.output = output
+            t = output[0] if isinstance(output, tuple | list) and output else output
+            if isinstance(t, torch.Tensor):
+                s.version = t._version
+            for other, o in seen.items():
+                ot = o.output[0] if isinstance(o.output, tuple | list) else o.output
+                if other != path and isinstance(ot, torch.Tensor):
+                    s.versions_then[other] = ot._version
+
+        return hook
+
+    handles = []
+    try:
+        for p in dict.fromkeys(paths):
+            handles.append(modules[p].register_forward_hook(record(p)))
+        with eval_no_grad(root):
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
