@@ -111,10 +111,37 @@ def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
     )
 
 
+def _sniff(path: Path) -> str:
+    """``"torch"`` (zip or legacy pickle from ``torch.save``), ``"safetensors"`` or ``"?"``."""
+    with path.open("rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
+        return "torch"
+    if len(head) == 9 and head[8:9] == b"{":  # 8-byte header length, then a JSON header
+        return "safetensors"
+    return "?"
+
+
+def _unpickling_reason(error: Exception) -> str:
+    # torch's message goes on to suggest weights_only=False; keep only what was refused.
+    text = str(error)
+    marker = "WeightsUnpickler error:"
+    if marker not in text:
+        return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    rest = [ln.strip() for ln in text.split(marker, 1)[1].splitlines() if ln.strip()]
+    return rest[0].split(". Please use")[0] if rest else "unsupported content"
+
+
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    if path.suffix == ".safetensors":
+    kind = _sniff(path)
+    if kind == "?" and path.suffix != ".safetensors":
+        raise ValueError(
+            f"{str(path)!r} is neither a torch checkpoint nor a .safetensors file (it starts "
+            "with neither a zip/pickle header nor a safetensors JSON header)"
+        )
+    if kind == "safetensors" or (kind == "?" and path.suffix == ".safetensors"):
         import safetensors.torch
 
         try:
@@ -125,14 +152,13 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise ValueError(
-            f"{str(path)!r} could not be loaded safely (weights_only=True refuses pickled "
-            f"code and arbitrary objects): {str(e).splitlines()[0]}. Re-save it as a plain "
-            "state_dict (torch.save(model.state_dict(), path)) or as .safetensors"
+            f"{str(path)!r} holds more than tensors, and skipkit loads checkpoints with "
+            f"weights_only=True so that no pickled code runs ({_unpickling_reason(e)}). "
+            "Re-save the weights alone: torch.save(model.state_dict(), path) or "
+            "safetensors.torch.save_file(model.state_dict(), path)"
         ) from e
     except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(
-            f"{str(path)!r} is neither a torch checkpoint nor a .safetensors file: {e}"
-        ) from e
+        raise ValueError(f"{str(path)!r} is not a readable torch checkpoint: {e}") from e
     return _unwrap(obj, repr(str(path)))
 
 
