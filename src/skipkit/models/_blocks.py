@@ -263,7 +263,8 @@ def load_weights(
         raise ValueError(
             f"{name}: the checkpoint does not fit this model: missing {len(missing)} key(s) "
             f"{missing[:5]}, unexpected {len(unexpected)} key(s) {unexpected[:5]}. Build the "
-            "model the checkpoint was saved from, or pass strict=False to load what matches"
+            "model the checkpoint was saved from (same depth and options), or load the "
+            "matching part with load_weights(model, weights, strict=False)"
         )
     model.load_state_dict(state, strict=False)
     return model
