@@ -28,12 +28,16 @@ def unknown_path_error(
     path: str, root: nn.Module, *, what: str, extra: Iterable[str] = ()
 ) -> ValueError:
     """``ValueError`` naming the path, the model and the nearest existing paths."""
-    names = [n for n in module_paths(root) if n] + list(extra)
-    hint = close_matches(path, names)
+    modules = module_paths(root)
+    names = [n for n in modules if n] + list(extra)
+    hint = [repr(n) for n in close_matches(path, names)]
+    tail = path.rsplit(".", 1)[-1]
     if not hint:  # a wrong prefix: match on the last component
-        tail = path.rsplit(".", 1)[-1]
-        hint = [n for n in names if n.rsplit(".", 1)[-1] == tail][:3]
-    did_you_mean = f" Did you mean {', '.join(repr(h) for h in hint)}?" if hint else ""
+        hint = [repr(n) for n in names if n.rsplit(".", 1)[-1] == tail][:3]
+    if not hint:  # a class name where nn.Sequential wants an index ("relu" for "1")
+        by_type = [(n, type(m).__name__) for n, m in modules.items() if n]
+        hint = [f"{n!r} ({t})" for n, t in by_type if t.lower() == tail.lower()][:3]
+    did_you_mean = f" Did you mean {', '.join(hint)}?" if hint else ""
     return ValueError(
         f"{what} {path!r} is not a submodule of {type(root).__name__}.{did_you_mean} "
         "(list the paths with [name for name, _ in model.named_modules()])"

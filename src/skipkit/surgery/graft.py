@@ -135,8 +135,10 @@ class SurgeryModule(nn.Module):
     ``nn.DataParallel`` replicas share hooks and are not supported (use DDP).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, **models: nn.Module) -> None:
         super().__init__()
+        for name, model in models.items():  # registered first: their keys lead state_dict
+            self.add_module(name, model)
         self.skips = nn.ModuleList()
         self._hook_ids: dict[str, int] = {}
         self._into: dict[str, list[int]] = {}
@@ -420,8 +422,8 @@ class Grafted(SurgeryModule):
     """
 
     def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+        super().__init__(model=model)
+        self.model: nn.Module
 
     def host(self) -> nn.Module:
         return self.model
@@ -455,10 +457,11 @@ class Connected(SurgeryModule):
         return_a: bool = False,
         b_input: str = "input",
     ) -> None:
-        super().__init__()
         if b_input not in ("input", "a_output"):
             raise ValueError(f"b_input must be 'input' or 'a_output', got {b_input!r}")
-        self.a, self.b = a, b
+        super().__init__(a=a, b=b)
+        self.a: nn.Module
+        self.b: nn.Module
         self.freeze_a, self.return_a, self.b_input = freeze_a, return_a, b_input
         if freeze_a:
             a.requires_grad_(False)
