@@ -55,6 +55,37 @@ def test_cnn_every_merge_long_skip_with_projection(cnn: nn.Sequential, merge: st
     assert not torch.allclose(net.eval()(x), cnn(x), atol=1e-6)
 
 
+@pytest.mark.parametrize("merge", MERGES)
+def test_zero_init_false_uses_live_adapters(cnn: nn.Sequential, merge: str) -> None:
+    x = torch.randn(2, 3, 16, 16)
+    cnn.eval()
+    net = add_skip(cnn, "1", "3", merge=merge, example=x, zero_init=False).eval()
+    out = net(x)
+    assert out.shape == (2, 4)
+    if merge not in ("rezero", "skipinit", "layerscale"):  # these scale the skip by ~0
+        assert not torch.allclose(out, cnn(x), atol=1e-4)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.skips.parameters())
+
+
+def test_merge_instances(mlp: nn.Sequential) -> None:
+    x = torch.randn(2, 8)
+    add = sk.Add()
+    net = add_skip(mlp, "1", "3", merge=add, example=x)
+    assert net.skips[0].merge is not add  # copied: never shared between skips
+    torch.testing.assert_close(net(x), mlp(x), atol=0, rtol=0)
+    net = add_skip(mlp, "1", "3", merge=sk.Concat(out_channels=16), example=x)
+    torch.testing.assert_close(net(x), mlp(x), atol=1e-6, rtol=0)
+    with pytest.raises(
+        sk.ShapeMismatchError,
+        match=r"1 -> 3: merge Concat changes dst's output "
+        r"shape.*\(skip \(2, 32\), branch \(2, 16\)\).*Concat\(out_channels",
+    ):
+        add_skip(mlp, "1", "3", merge=sk.Concat(), example=x)
+    with pytest.raises(ValueError, match=r"merge Gate changes it .*merge='gate'"):
+        add_skip(mlp, "1", "3", merge=sk.Gate(), example=x)
+
+
 def test_zero_init_projection_gets_a_gradient() -> None:
     """A zero Linear at the end of the adapter still learns: dL/dW = g·xᵀ."""
     x = torch.randn(4, 8)
@@ -229,7 +260,9 @@ def test_train_and_eval_reach_the_adapters(cnn: nn.Sequential) -> None:
 
 
 def test_custom_merge_that_does_not_start_at_identity_is_rejected(mlp: nn.Sequential) -> None:
-    with pytest.raises(ValueError, match=r"1 -> 5: with zero_init=True .* merge Scale changes"):
+    with pytest.raises(
+        ValueError, match=r"1 -> 5: with zero_init=True .* merge Scale changes.*merge='rezero' or"
+    ):
         add_skip(mlp, "1", "5", merge=sk.Scale(0.0), example=torch.randn(2, 8))
     net = add_skip(mlp, "1", "5", merge=sk.Scale(0.5), example=torch.randn(2, 8), zero_init=False)
     assert isinstance(net.skips[0].merge, sk.Scale)

@@ -38,14 +38,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from skipkit.merges import Add, Concat, Merge, WeightedSum, resolve_merge
+from skipkit.merges import Add, Concat, Gate, Merge, Mul, Scale, WeightedSum, resolve_merge
 from skipkit.shapes import Layout, ShapeMismatchError, channel_dim, fmt_shape, resolve_layout
 from skipkit.shortcuts import SHORTCUT_KINDS, plan_shortcut, pointwise
 
 Shape = tuple[int, ...]
 
-# Merges whose skip must be exactly zero at step 0 for the sum to start as ``b``.
-_ZERO_SKIP = ("add", "mul")
+# Core merges whose zero-init form is reached through a string.
+_STRING_FORM: dict[type[Merge], str] = {
+    Gate: "'gate'",
+    Mul: "'mul'",
+    Scale: "'rezero' or 'layerscale'",
+    WeightedSum: "'weighted'",
+}
 _GLOBAL_POOL: dict[int, type[nn.Module]] = {
     1: nn.AdaptiveAvgPool1d,
     2: nn.AdaptiveAvgPool2d,
@@ -304,7 +309,7 @@ def zero_initialise(
     if isinstance(merge, Concat) and merge.reduce is not None:
         _identity_on_branch(merge.reduce, branch_channels=merge.out_channels or 0)
         return adapter
-    if isinstance(spec, str) and spec in _ZERO_SKIP:
+    if isinstance(merge, Add | Modulate):  # strings and instances alike
         gain = ZeroGain(skip_shape[d], dim=d, ndim=ndim)
         if custom_shortcut:  # the user's module keeps its weights; a gain follows it
             return nn.Sequential(adapter, gain)
@@ -349,12 +354,17 @@ def check_join(
         err = (out - dst_out).abs().max().item() if out.numel() else 0.0
         scale = 1.0 + (dst_out.abs().max().item() if dst_out.numel() else 0.0)
         if not err <= 1e-6 * scale:
+            twin = _STRING_FORM.get(type(merge))
+            use = (
+                f"pass merge={twin} (its zero-init form) instead of a {type(merge).__name__} module"
+                if twin
+                else "use a merge string ('add', 'concat', 'mul', 'gate', 'rezero', "
+                "'layerscale', 'weighted'), whose adapters start at zero"
+            )
             raise ValueError(
                 f"{label}: with zero_init=True the new skip must leave dst's output unchanged "
                 f"at step 0, but merge {type(merge).__name__} changes it by up to {err:.3g}. "
-                "Fix: use a merge string ('add', 'concat', 'mul', 'gate', 'rezero', "
-                "'layerscale', 'weighted'), whose adapters start at zero; or pass "
-                "zero_init=False"
+                f"Fix: {use}; or pass zero_init=False"
             )
 
 

@@ -107,6 +107,8 @@ class AddedSkip(SkipModule):
         """``(src output, dst output) -> dst-shaped output``."""
         if not self.skip_enabled:
             return branch
+        if skip.device != branch.device:  # src and dst on different devices (model parallel)
+            skip = skip.to(branch.device)
         return self.merge(self.adapter(skip), branch)
 
     def describe(self) -> dict[str, Any]:
