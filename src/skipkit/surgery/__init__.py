@@ -21,9 +21,11 @@ from __future__ import annotations
 
 from skipkit.skips import skips_disabled
 from skipkit.surgery.adapters import Modulate, TanhGate, ToMap, ZeroGain
-from skipkit.surgery.graft import AddedSkip, Connected, Grafted, SurgeryModule, add_skip, connect
+from skipkit.surgery.added import AddedSkip
+from skipkit.surgery.graft import add_skip, connect
 from skipkit.surgery.listing import SkipInfo, list_skips, remove_skip
 from skipkit.surgery.taps import taps
+from skipkit.surgery.wrapper import Connected, Grafted, SurgeryModule
 
 __all__ = [
     "AddedSkip",

@@ -9,7 +9,8 @@ from torch import nn
 
 from skipkit.shapes import close_matches
 from skipkit.skips import SkipModule
-from skipkit.surgery.graft import AddedSkip, SurgeryModule
+from skipkit.surgery.added import AddedSkip
+from skipkit.surgery.wrapper import SurgeryModule
 
 
 @dataclasses.dataclass(frozen=True)

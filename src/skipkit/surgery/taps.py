@@ -18,7 +18,7 @@ import torch.fx
 from torch import nn
 
 from skipkit.surgery._paths import module_paths, show, unknown_path_error
-from skipkit.surgery.graft import SurgeryModule
+from skipkit.surgery.wrapper import SurgeryModule
 
 
 def _snapshot(value: Any) -> Any:
