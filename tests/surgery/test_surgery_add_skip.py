@@ -230,6 +230,32 @@ def test_inplace_change_seen_only_at_run_time_raises() -> None:
         net.train()(x)
 
 
+def test_example_leaves_batchnorm_statistics_alone(cnn: nn.Sequential) -> None:
+    """The probing pass runs in eval mode, for the model and for earlier adapters alike."""
+    x = torch.randn(4, 3, 16, 16)
+    net = add_skip(cnn, "0", "4", example=x)  # a conv + BN adapter
+    assert net.training
+    buffers = {k: v.clone() for k, v in net.named_buffers()}
+    net = add_skip(net, "1", "3", example=x)
+    assert all(torch.equal(v, dict(net.named_buffers())[k]) for k, v in buffers.items())
+    assert net.training and all(m.training for m in net.modules())
+
+
+def test_keyword_inputs_as_example() -> None:
+    class Keyword(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Linear(3, 5), nn.Linear(5, 2)
+
+        def forward(self, *, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+            return self.b(self.a(x) * scale)
+
+    model = Keyword()
+    x = torch.randn(2, 3)
+    net = add_skip(model, "a", "b", example={"x": x, "scale": 2.0})
+    torch.testing.assert_close(net(x=x, scale=2.0), model(x=x, scale=2.0), atol=0, rtol=0)
+
+
 def test_zero_init_false_changes_the_function(mlp: nn.Sequential) -> None:
     x = torch.randn(2, 8)
     net = add_skip(mlp, "1", "5", example=x, zero_init=False)

@@ -112,8 +112,11 @@ def eval_no_grad(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
-def probe(root: nn.Module, paths: Iterable[str], run: Callable[[], Any]) -> dict[str, Seen]:
-    """Run ``run()`` once (eval mode, no grad) with hooks on ``paths`` of ``root``.
+def probe(
+    root: nn.Module, paths: Iterable[str], run: Callable[[], Any], *, owner: nn.Module
+) -> dict[str, Seen]:
+    """Run ``run()`` once with hooks on ``paths`` of ``root``, ``owner`` (the module that
+    ``run`` calls, containing ``root``) in eval mode and without autograd.
 
     The hooks go after any existing ones, so they see outputs as the rest of the model does.
     At each completion the version counters of earlier outputs are noted: a change means a
@@ -145,7 +148,7 @@ def probe(root: nn.Module, paths: Iterable[str], run: Callable[[], Any]) -> dict
     try:
         for p in dict.fromkeys(paths):
             handles.append(modules[p].register_forward_hook(record(p)))
-        with eval_no_grad(root):
+        with eval_no_grad(owner):
             run()
     finally:
         for h in handles:

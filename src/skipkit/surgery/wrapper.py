@@ -184,7 +184,7 @@ class SurgeryModule(nn.Module):
                     f"src and dst are the same module {show(src)}; a skip joins the output "
                     "of one module into a later one. Fix: choose a dst that runs after src"
                 )
-        seen = probe(host, [p for pair in pairs for p in pair], example_run)
+        seen = probe(host, [p for pair in pairs for p in pair], example_run, owner=self)
         for src, dst in pairs:
             check_order(src, dst, seen)
         lay = normalize_layout(layout)
