@@ -5,6 +5,8 @@ Everything here returns data (dataclasses with ``to_dict()``); pictures come fro
 
 - :func:`gradient_flow` — per-layer gradient and activation norms, per-skip branch/shortcut
   balance, from one backward pass; :class:`GradientFlowRecorder` records them while training.
+- :func:`loss_landscape` / :func:`interpolate` — Li et al.'s filter-normalized loss surfaces
+  and straight-line interpolation between two states (resumable, split over ``torchrun``).
 - :func:`advise` / :func:`apply` — where skips belong, and adding them with
   :func:`skipkit.add_skip`.
 """
@@ -19,14 +21,36 @@ from skipkit.diagnostics.gradflow import (
     SkipFlow,
     gradient_flow,
 )
+from skipkit.diagnostics.landscape import (
+    Landscape,
+    filter_normalize,
+    interpolate,
+    loss_landscape,
+    random_direction,
+)
+from skipkit.diagnostics.plot import (
+    plot_flow_in_time,
+    plot_gradient_flow,
+    plot_landscape,
+    plot_landscapes,
+)
 
 __all__ = [
     "GradientFlow",
     "GradientFlowRecorder",
+    "Landscape",
     "LayerFlow",
     "SkipFlow",
     "Suggestion",
     "advise",
     "apply",
+    "filter_normalize",
     "gradient_flow",
+    "interpolate",
+    "loss_landscape",
+    "plot_flow_in_time",
+    "plot_gradient_flow",
+    "plot_landscape",
+    "plot_landscapes",
+    "random_direction",
 ]
