@@ -256,6 +256,14 @@ def test_keyword_inputs_as_example() -> None:
     torch.testing.assert_close(net(x=x, scale=2.0), model(x=x, scale=2.0), atol=0, rtol=0)
 
 
+def test_inference_mode(mlp: nn.Sequential) -> None:
+    x = torch.randn(2, 8)
+    net = add_skip(mlp, "1", "5", example=x, zero_init=False)
+    expected = net(x)
+    with torch.inference_mode():
+        torch.testing.assert_close(net(x), expected)
+
+
 def test_zero_init_false_changes_the_function(mlp: nn.Sequential) -> None:
     x = torch.randn(2, 8)
     net = add_skip(mlp, "1", "5", example=x, zero_init=False)

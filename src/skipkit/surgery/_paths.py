@@ -87,6 +87,14 @@ def first_tensor(value: Any, *, path: str, role: str) -> torch.Tensor:
     )
 
 
+def version_of(t: torch.Tensor) -> int | None:
+    """The tensor's in-place version counter, or ``None`` where there is none to read
+    (inference-mode tensors; inside torch.compile, where functionalization covers it)."""
+    if torch.compiler.is_compiling() or t.is_inference():
+        return None
+    return t._version
+
+
 @dataclasses.dataclass
 class Seen:
     """What the probe saw of one path."""
@@ -94,8 +102,8 @@ class Seen:
     calls: int = 0
     finished: int = -1  # position among all recorded completions (first call)
     output: Any = None
-    version: int = 0  # the output tensor's version counter when the module finished
-    versions_then: dict[str, int] = dataclasses.field(default_factory=dict)
+    version: int | None = None  # the output's version counter when the module finished
+    versions_then: dict[str, int | None] = dataclasses.field(default_factory=dict)
 
 
 @contextlib.contextmanager
@@ -136,11 +144,11 @@ def probe(
             s.output = output
             t = output[0] if isinstance(output, tuple | list) and output else output
             if isinstance(t, torch.Tensor):
-                s.version = t._version
+                s.version = version_of(t)
             for other, o in seen.items():
                 ot = o.output[0] if isinstance(o.output, tuple | list) else o.output
                 if other != path and isinstance(ot, torch.Tensor):
-                    s.versions_then[other] = ot._version
+                    s.versions_then[other] = version_of(ot)
 
         return hook
 

@@ -25,7 +25,7 @@ from torch import nn
 from skipkit.merges import Merge
 from skipkit.shapes import infer_layout, normalize_layout
 from skipkit.surgery import _paths
-from skipkit.surgery._paths import call, first_tensor, probe, resolve, show
+from skipkit.surgery._paths import call, first_tensor, probe, resolve, show, version_of
 from skipkit.surgery.added import AddedSkip
 from skipkit.surgery.build import build_skip, check_order
 
@@ -52,7 +52,7 @@ class SurgeryModule(nn.Module):
         self._from: dict[str, list[int]] = {}
         self._phase: list[int] = []
         self._kept: list[torch.Tensor | None] = []
-        self._versions: list[int] = []
+        self._versions: list[int | None] = []
 
     def host(self) -> nn.Module:
         """The module that skip paths are relative to."""
@@ -67,7 +67,7 @@ class SurgeryModule(nn.Module):
             self._into.setdefault(skip.dst, []).append(i)
             self._from.setdefault(skip.src, []).append(i)
         n = len(self.skips)
-        self._phase, self._kept, self._versions = [_WAITING] * n, [None] * n, [0] * n
+        self._phase, self._kept, self._versions = [_WAITING] * n, [None] * n, [None] * n
         modules = _paths.module_paths(self.host())
         used = set(self._into) | set(self._from)
         for path in list(self._hook_ids):
@@ -106,8 +106,7 @@ class SurgeryModule(nn.Module):
         t = first_tensor(output, path=skip.src, role="src")
         if skip.clone_src:
             t = t.clone()
-        if not torch.compiler.is_compiling():
-            self._versions[i] = t._version
+        self._versions[i] = version_of(t)
         self._kept[i] = t
         self._phase[i] = _HELD
 
@@ -125,7 +124,7 @@ class SurgeryModule(nn.Module):
                 "once, then dst once, inside each forward of the wrapper. Fix: call the wrapper "
                 "(not a submodule on its own), or choose a dst that runs after src"
             )
-        if not torch.compiler.is_compiling() and kept._version != self._versions[i]:
+        if version_of(kept) != self._versions[i]:
             raise RuntimeError(
                 f"{skip.label}: the output of src {show(skip.src)} was modified in place "
                 "before dst ran (an inplace=True layer after src, seen only in this mode or "
