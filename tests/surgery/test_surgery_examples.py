@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import runpy
 from pathlib import Path
 
@@ -23,3 +24,17 @@ def test_surgery_example_runs(path: Path, capsys: pytest.CaptureFixture[str]) ->
     runpy.run_path(str(path), run_name="__main__")
     out = capsys.readouterr().out
     assert "step 0" in out and ("after retrofit" in out or "encoder linked" in out)
+
+
+def test_guide_snippets_run_and_print_what_the_guide_says(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    guide = (Path(__file__).parents[2] / "docs" / "guide_surgery.md").read_text()
+    namespace: dict[str, object] = {}
+    for block in re.findall(r"```python\n(.*?)```", guide, re.S):
+        exec(compile(block, "docs/guide_surgery.md", "exec"), namespace)
+    printed = capsys.readouterr().out.splitlines()
+    assert len(printed) == 6
+    for line in printed:
+        if line.startswith("skips."):  # list_skips rows are quoted as comments in the guide
+            assert f"# {line}" in guide
