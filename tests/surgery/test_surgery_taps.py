@@ -89,8 +89,12 @@ def test_errors(shared: nn.Module, conditional: nn.Module, mlp: nn.Sequential) -
     with pytest.raises(ValueError, match="taps needs at least one name"):
         taps(mlp, [], torch.randn(1, 8))
     net = add_skip(mlp, "1", "3", example=torch.randn(1, 8))
-    with pytest.raises(ValueError, match=r"would bypass the forward hooks"):
-        taps(net, ["tanh"], torch.randn(1, 8))
+    with pytest.raises(
+        ValueError,
+        match=r"tap '33' is not a submodule of Sequential\. Did you "
+        r"mean '3'.*would bypass the forward hooks",
+    ):
+        taps(net, ["33"], torch.randn(1, 8))
 
 
 def test_names_of_a_grafted_model_are_the_original_ones(mlp: nn.Sequential) -> None:

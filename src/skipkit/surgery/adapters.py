@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -370,8 +369,8 @@ def check_join(
 
 def describe_adapter(module: nn.Module) -> str:
     """A short name for the adapter: ``"Conv2d+BatchNorm2d"``, ``"Identity+ZeroGain"``."""
-    parts: list[Any] = []
-    stack = [module]
+    parts: list[str] = []
+    stack: list[nn.Module] = [module]
     while stack:
         m = stack.pop(0)
         if isinstance(m, nn.Sequential):

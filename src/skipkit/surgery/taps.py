@@ -35,8 +35,10 @@ def taps(
 ) -> tuple[Any, dict[str, Any]]:
     """Run ``model(*args, **kwargs)`` once; return its output and the named intermediates.
 
-    >>> out, feats = taps(resnet, ["layer1", "layer3", "layer1.0.add"], x)
-    >>> feats["layer1"].shape       # (N, 64, H/4, W/4)
+    Example::
+
+        out, feats = taps(resnet, ["layer1", "layer3", "layer1.0.add"], x)
+        feats["layer1"].shape       # (N, 64, H/4, W/4)
 
     Gradients flow through the returned tensors (they are copies taken when the module ran,
     so later in-place layers do not change them). Model modes are left alone.
@@ -158,10 +160,11 @@ def _fx_taps(
         if m._forward_hooks or m._forward_pre_hooks or isinstance(m, SurgeryModule)
     ]
     if hooked:
+        host = model.host() if isinstance(model, SurgeryModule) else model
+        unknown = unknown_path_error(ops[0], host, what="tap")
         raise ValueError(
-            f"taps: {ops[0]!r} is not a submodule, and operations can only be found by "
-            f"torch.fx tracing, which would bypass the forward hooks on {hooked[:3]} (skips "
-            "added with add_skip use them). Fix: tap submodules only"
+            f"{unknown} Operation names need torch.fx tracing, which would bypass the forward "
+            f"hooks on {hooked[:3]} (skips added with add_skip use them): tap submodules"
         )
     if kwargs:
         raise ValueError("taps with operation names (torch.fx) takes positional inputs only")
