@@ -81,7 +81,7 @@ def main() -> None:
     preserved = retrofit(plain, x[:2], zero_init=True)
     with torch.no_grad():
         assert torch.equal(preserved(x), plain(x))
-    print(f"{len(preserved.skips)} skips added with zero_init=True: same outputs at step 0")
+    print(f"{len(list_skips(preserved))} skips added with zero_init=True: same outputs at step 0")
 
     # Live skips (zero_init=False) on the same initial weights; the input model is not changed.
     skipped = retrofit(plain, x[:2], zero_init=False)

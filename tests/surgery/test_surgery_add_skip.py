@@ -15,6 +15,11 @@ from skipkit.surgery import AddedSkip, Grafted, add_skip, list_skips
 MERGES = ["add", "concat", "mul", "gate", "rezero", "skipinit", "layerscale", "weighted"]
 
 
+def added(net: nn.Module) -> list[AddedSkip]:
+    """The added skips of ``net``, typed."""
+    return [m for m in net.modules() if isinstance(m, AddedSkip)]
+
+
 def adapter_params(net: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in net.named_parameters() if n.startswith("skips.")}
 
@@ -72,7 +77,7 @@ def test_merge_instances(mlp: nn.Sequential) -> None:
     x = torch.randn(2, 8)
     add = sk.Add()
     net = add_skip(mlp, "1", "3", merge=add, example=x)
-    assert net.skips[0].merge is not add  # copied: never shared between skips
+    assert added(net)[0].merge is not add  # copied: never shared between skips
     torch.testing.assert_close(net(x), mlp(x), atol=0, rtol=0)
     net = add_skip(mlp, "1", "3", merge=sk.Concat(out_channels=16), example=x)
     torch.testing.assert_close(net(x), mlp(x), atol=1e-6, rtol=0)
@@ -91,7 +96,7 @@ def test_zero_init_projection_gets_a_gradient() -> None:
     x = torch.randn(4, 8)
     plain_linear = nn.Sequential(nn.Linear(8, 6), nn.Linear(6, 3))
     net = add_skip(plain_linear, "0", "1", example=x)
-    lin = net.skips[0].adapter
+    lin = added(net)[0].adapter
     assert isinstance(lin, nn.Linear) and lin.weight.abs().sum() == 0
     out = net(x)
     torch.testing.assert_close(out, plain_linear(x), atol=0, rtol=0)
@@ -105,8 +110,10 @@ def test_input_model_is_not_modified(mlp: nn.Sequential) -> None:
     x = torch.randn(2, 8)
     state = copy.deepcopy(mlp.state_dict())
     net = add_skip(mlp, "1", "7", example=x)
+    gain = added(net)[0].adapter  # identity shortcut (16 -> 16): a zero gain alone
+    assert isinstance(gain, sk.surgery.ZeroGain)
     with torch.no_grad():
-        net.skips[0].adapter.gain.fill_(1.0)  # identity shortcut (16 -> 16) + zero gain
+        gain.gain.fill_(1.0)
     assert not any(m._forward_hooks for m in mlp.modules())
     assert all(torch.equal(v, mlp.state_dict()[k]) for k, v in state.items())
     assert net.model is not mlp and not torch.allclose(net(x), mlp(x))
@@ -133,8 +140,8 @@ def test_chained_skip_taps_the_merged_output(mlp: nn.Sequential) -> None:
     _, feats = sk.surgery.taps(net, ["5", "9"], x)
     with torch.no_grad():
         h1 = mlp[:2](x)
-        h5 = mlp[2:6](h1) + net.skips[0].adapter(h1)
-        expected_9 = mlp[6:10](h5) + net.skips[1].adapter(h5)
+        h5 = mlp[2:6](h1) + added(net)[0].adapter(h1)
+        expected_9 = mlp[6:10](h5) + added(net)[1].adapter(h5)
     torch.testing.assert_close(feats["5"], h5)
     torch.testing.assert_close(feats["9"], expected_9)
 
@@ -155,11 +162,13 @@ def test_modules_as_arguments_and_custom_shortcut(mlp: nn.Sequential) -> None:
     x = torch.randn(2, 8)
     custom = nn.Sequential(nn.Linear(16, 16), nn.ReLU())
     net = add_skip(mlp, mlp[1], mlp[5], shortcut=custom, example=x)
-    assert (net.skips[0].src, net.skips[0].dst) == ("1", "5")
+    assert (added(net)[0].src, added(net)[0].dst) == ("1", "5")
     # The user's shortcut keeps its weights; a zero gain follows it.
-    adapter = net.skips[0].adapter
+    adapter = added(net)[0].adapter
     assert isinstance(adapter, nn.Sequential) and isinstance(adapter[-1], sk.surgery.ZeroGain)
-    assert torch.equal(adapter[0][0].weight, custom[0].weight) and adapter[0] is not custom
+    copied = adapter[0]
+    assert isinstance(copied, nn.Sequential) and copied is not custom
+    assert torch.equal(copied.state_dict()["0.weight"], custom.state_dict()["0.weight"])
     torch.testing.assert_close(net(x), mlp(x), atol=0, rtol=0)
 
 
@@ -179,7 +188,7 @@ def test_vector_into_feature_map_broadcasts(cnn: nn.Sequential) -> None:
     model = TwoInputs().eval()
     x, t = torch.randn(2, 3, 16, 16), torch.randn(2, 5)
     net = add_skip(model, "embed", "body.2", example=(x, t)).eval()
-    assert isinstance(net.skips[0].adapter, sk.surgery.ToMap)
+    assert isinstance(added(net)[0].adapter, sk.surgery.ToMap)
     torch.testing.assert_close(net(x, t), model(x, t), atol=1e-6, rtol=0)
 
 
@@ -200,7 +209,7 @@ def test_sequences_features_last_and_tuple_outputs() -> None:
     model = Seq()
     x = torch.randn(3, 7, 4)
     net = add_skip(model, "embed", "lstm", example=x)
-    assert isinstance(net.skips[0].adapter, nn.Linear)  # 6 -> 10 on the last dim
+    assert isinstance(added(net)[0].adapter, nn.Linear)  # 6 -> 10 on the last dim
     torch.testing.assert_close(net(x), model(x), atol=0, rtol=0)
     sgd_steps(net, x)
     assert not torch.allclose(net(x), model(x))
@@ -212,7 +221,7 @@ def test_inplace_layer_after_src_is_handled_by_copying() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 4))
     x = torch.randn(8, 4)
     net = add_skip(model, "0", "2", example=x, zero_init=False, shortcut=nn.Identity())
-    assert net.skips[0].clone_src
+    assert added(net)[0].clone_src
     expected = model(x) + model[0](x)  # pre-ReLU values, negative ones included
     torch.testing.assert_close(net(x), expected)
 
@@ -223,7 +232,7 @@ def test_inplace_change_seen_only_at_run_time_raises() -> None:
     model = nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5, inplace=True), nn.Linear(4, 4))
     x = torch.randn(8, 4)
     net = add_skip(model, "0", "2", example=x)
-    assert not net.skips[0].clone_src
+    assert not added(net)[0].clone_src
     net.eval()
     net(x)
     with pytest.raises(RuntimeError, match=r"0 -> 2: the output of src '0' was modified in place"):
@@ -286,7 +295,7 @@ def test_skips_disabled_switches_added_skips_off_exactly(cnn: nn.Sequential) -> 
 
 def test_train_and_eval_reach_the_adapters(cnn: nn.Sequential) -> None:
     net = add_skip(cnn.eval(), "0", "4", example=torch.randn(2, 3, 16, 16))
-    assert not net.training and not net.skips[0].training
+    assert not net.training and not added(net)[0].training
     net.train()
     assert all(m.training for m in net.modules())
     net.eval()
@@ -299,7 +308,7 @@ def test_custom_merge_that_does_not_start_at_identity_is_rejected(mlp: nn.Sequen
     ):
         add_skip(mlp, "1", "5", merge=sk.Scale(0.0), example=torch.randn(2, 8))
     net = add_skip(mlp, "1", "5", merge=sk.Scale(0.5), example=torch.randn(2, 8), zero_init=False)
-    assert isinstance(net.skips[0].merge, sk.Scale)
+    assert isinstance(added(net)[0].merge, sk.Scale)
 
 
 # ----------------------------------------------------------------------------- errors
@@ -379,16 +388,18 @@ def test_stale_src_from_another_pass_is_never_used(mlp: nn.Sequential) -> None:
     x = torch.randn(2, 8)
     net = add_skip(mlp, "1", "5", example=x, zero_init=False)
     net(x)
+    inner = net.model
+    assert isinstance(inner, nn.Sequential)
     # Calling a submodule on its own: src has not run in this pass, so dst refuses.
     with pytest.raises(RuntimeError, match=r"dst '5' ran before src '1'.*call the wrapper"):
-        net.model[2:](torch.randn(2, 16))
+        inner[2:](torch.randn(2, 16))
     # A pass that fails half-way (bad input shape after src) ...
     bad = torch.randn(2, 8)
 
     def boom(module: nn.Module, args: Any, out: torch.Tensor) -> None:
         raise KeyError("boom")
 
-    h = net.model[3].register_forward_hook(boom)
+    h = inner[3].register_forward_hook(boom)
     with pytest.raises(KeyError):
         net(bad)
     h.remove()
@@ -396,7 +407,7 @@ def test_stale_src_from_another_pass_is_never_used(mlp: nn.Sequential) -> None:
     y = torch.randn(2, 8)
     with torch.no_grad():
         h1 = mlp[:2](y)
-        expected = mlp[6:](mlp[2:6](h1) + net.skips[0].adapter(h1))
+        expected = mlp[6:](mlp[2:6](h1) + added(net)[0].adapter(h1))
     torch.testing.assert_close(net(y), expected)
 
 
@@ -438,7 +449,7 @@ def test_shortcut_kind_that_cannot_fit(cnn: nn.Sequential) -> None:
 
 def test_bad_arguments(mlp: nn.Sequential) -> None:
     with pytest.raises(TypeError, match=r"add_skip needs an nn\.Module"):
-        add_skip("model", "1", "5", example=torch.randn(1, 8))  # type: ignore[arg-type]
+        add_skip("model", "1", "5", example=torch.randn(1, 8))  # type: ignore[call-overload]
     with pytest.raises(ValueError, match="unknown merge 'sum'"):
         add_skip(mlp, "1", "5", merge="sum", example=torch.randn(1, 8))
     with pytest.raises(ValueError, match="unknown shortcut 'conv'"):
@@ -449,5 +460,5 @@ def test_bad_arguments(mlp: nn.Sequential) -> None:
 
 def test_added_skip_module_is_a_skip_module(mlp: nn.Sequential) -> None:
     net = add_skip(mlp, "1", "5", example=torch.randn(1, 8))
-    assert isinstance(net.skips[0], AddedSkip) and isinstance(net.skips[0], sk.SkipModule)
+    assert isinstance(added(net)[0], AddedSkip) and isinstance(added(net)[0], sk.SkipModule)
     assert "1 -> 5: (1, 16) -> (1, 16), merge='add'" in repr(net)

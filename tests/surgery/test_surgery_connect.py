@@ -7,7 +7,12 @@ import torch
 from torch import nn
 
 import skipkit as sk
-from skipkit.surgery import Connected, add_skip, connect, list_skips, remove_skip
+from skipkit.surgery import AddedSkip, Connected, add_skip, connect, list_skips, remove_skip
+
+
+def added(net: nn.Module) -> list[AddedSkip]:
+    """The added skips of ``net``, typed."""
+    return [m for m in net.modules() if isinstance(m, AddedSkip)]
 
 
 def encoder() -> nn.Sequential:
@@ -37,7 +42,7 @@ def test_encoder_into_decoder_preserves_b_and_learns() -> None:
     assert [(s.src, s.dst) for s in net.skips] == [("a.1", "b.0"), ("a.0", "b.1")]
     # A is frozen: no gradients, eval mode even after train().
     net.train()
-    assert not net.a.training and net.b.training and net.skips[0].training
+    assert not net.a.training and net.b.training and added(net)[0].training
     assert not any(p.requires_grad for p in net.a.parameters())
     a_state = {k: v.clone() for k, v in net.a.state_dict().items()}
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=1e-2)

@@ -63,11 +63,12 @@ def test_deepcopy_and_pickle_keep_working_independent_copies(
 ) -> None:
     net, x = grafted
     expected = net(x)
-    for clone in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+    clones: list[nn.Module] = [copy.deepcopy(net), pickle.loads(pickle.dumps(net))]
+    for clone in clones:
         torch.testing.assert_close(clone(x), expected, atol=0, rtol=0)
         # The copy's hooks drive the copy's adapters, not the original's.
         with torch.no_grad():
-            for p in clone.skips.parameters():
+            for p in clone.get_submodule("skips").parameters():
                 p.add_(1.0)
         assert not torch.allclose(clone(x), expected)
         torch.testing.assert_close(net(x), expected, atol=0, rtol=0)
@@ -87,13 +88,15 @@ def test_torch_compile_matches_eager_and_trains(mlp: nn.Sequential) -> None:
     net = add_skip(net, "3", "11", merge="gate", example=x)
     expected = net(x)
     compiled = torch.compile(net, backend="aot_eager")
+    inner = net.model
+    assert isinstance(inner, nn.Sequential)
     out = compiled(x)
     torch.testing.assert_close(out, expected)
     out.square().mean().backward()
     assert all(p.grad is not None for p in net.skips.parameters())
     # The order checks still hold after compilation.
     with pytest.raises(RuntimeError, match=r"dst '9' ran before src '1'"):
-        compiled.model[2:](torch.randn(4, 16))
+        inner[2:](torch.randn(4, 16))
 
 
 def test_ddp_single_process(mlp: nn.Sequential, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import skipkit as sk
-from skipkit.surgery import add_skip, list_skips, taps
+from skipkit.surgery import Grafted, add_skip, list_skips, taps
 
 torchvision = pytest.importorskip("torchvision")
 
@@ -24,6 +24,7 @@ def vgg11() -> nn.Module:
     for conv in m.features.modules():
         if isinstance(conv, nn.Conv2d):
             nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+            assert conv.bias is not None
             nn.init.zeros_(conv.bias)
     m.classifier = nn.Sequential(
         nn.Linear(512 * 7 * 7, 32),
@@ -75,14 +76,22 @@ CASES: dict[str, tuple[Callable[[], nn.Module], list[tuple[str, str, str]]]] = {
 }
 
 
+def graft(
+    model: nn.Module, skips: list[tuple[str, str, str]], x: torch.Tensor, zero_init: bool = True
+) -> Grafted:
+    (src, dst, merge), *rest = skips
+    net = add_skip(model, src, dst, merge=merge, example=x, zero_init=zero_init)
+    for src, dst, merge in rest:
+        net = add_skip(net, src, dst, merge=merge, example=x, zero_init=zero_init)
+    return net
+
+
 @pytest.mark.parametrize("name", list(CASES))
 def test_torchvision_function_preserved_gradients_and_learning(name: str) -> None:
     factory, skips = CASES[name]
     model = factory().eval()
     x = torch.randn(2, 3, 32, 32)
-    net: nn.Module = model
-    for src, dst, merge in skips:
-        net = add_skip(net, src, dst, merge=merge, example=x)
+    net = graft(model, skips, x)
     assert [(i.tap, i.dst, i.merge) for i in list_skips(net)] == skips
     net.eval()
     with torch.no_grad():
@@ -111,9 +120,7 @@ def test_torchvision_function_preserved_gradients_and_learning(name: str) -> Non
 def test_torchvision_skips_disabled_is_the_wrapped_model(name: str) -> None:
     factory, skips = CASES[name]
     x = torch.randn(1, 3, 32, 32)
-    net: nn.Module = factory().eval()
-    for src, dst, merge in skips:
-        net = add_skip(net, src, dst, merge=merge, example=x, zero_init=False)
+    net = graft(factory().eval(), skips, x, zero_init=False)
     net.eval()
     with torch.no_grad():
         changed = net(x)

@@ -45,8 +45,8 @@ class AddedSkip(SkipModule):
     ) -> None:
         super().__init__()
         self.src, self.dst = src, dst
-        self.adapter = adapter
-        self.merge = merge
+        self.adapter: nn.Module = adapter
+        self.merge: Merge = merge
         self.merge_name = merge_name
         self.zero_init = zero_init
         self.clone_src = clone_src

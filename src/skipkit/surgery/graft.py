@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypeVar, overload
 
 from torch import nn
 
@@ -27,6 +27,38 @@ from skipkit.surgery.wrapper import Connected, Grafted, SurgeryModule
 
 def _example_run(module: nn.Module, example: Any) -> Any:
     return lambda: call(module, example)
+
+
+_Wrapper = TypeVar("_Wrapper", bound=SurgeryModule)
+
+
+# A wrapper gets one more skip and keeps its type; any other module becomes a Grafted.
+@overload
+def add_skip(  # type: ignore[overload-overlap]
+    model: _Wrapper,
+    src: str | nn.Module,
+    dst: str | nn.Module,
+    *,
+    merge: str | Merge = ...,
+    shortcut: str | nn.Module = ...,
+    example: Any = ...,
+    zero_init: bool = ...,
+    layout: str | None = ...,
+) -> _Wrapper: ...
+
+
+@overload
+def add_skip(
+    model: nn.Module,
+    src: str | nn.Module,
+    dst: str | nn.Module,
+    *,
+    merge: str | Merge = ...,
+    shortcut: str | nn.Module = ...,
+    example: Any = ...,
+    zero_init: bool = ...,
+    layout: str | None = ...,
+) -> Grafted: ...
 
 
 def add_skip(
