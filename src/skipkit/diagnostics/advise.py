@@ -449,6 +449,9 @@ def _tile(units: list[_Unit], bad: dict[int, str], *, block: int) -> list[Sugges
             continue
         while stage and units[stage[0]].src is None:
             stage = stage[1:]  # the stem: fed by the model input, which no module outputs
+        head = len(units) - 1
+        if stage and stage[-1] == head and units[head].in_shape[1:] != units[head].out_shape[1:]:
+            stage = stage[:-1]  # the classifier head maps features to outputs: no skip around it
         if len(stage) < 2:
             continue
         groups = [stage[i : i + block] for i in range(0, len(stage), block)]
@@ -520,8 +523,9 @@ def _long_skips(units: list[_Unit]) -> list[Suggestion]:
                 shortcut="auto",
                 reason=(
                     f"a downsampling bottleneck: the map shrinks {ratio:.3g}× in size after "
-                    f"{donor.src} (before layer {donor.depth}) and is expanded back to "
-                    f"{_shape(target)} at layer {u.depth} ({u.path}); a long skip brings the "
+                    f"{donor.src} (before layer {donor.depth}) and is expanded back to size "
+                    f"{'×'.join(map(str, target))} at layer {u.depth} ({u.path}); a long skip "
+                    "brings the "
                     "full-resolution features straight across (U-Net, merged by concatenation)"
                 ),
                 score=round(math.log2(max(ratio, 1.0)), 4),
