@@ -11,6 +11,11 @@ torch.Size([4, 64])
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+from skipkit import surgery
 from skipkit.merges import Add, Concat, Gate, Merge, Mul, Scale, WeightedSum
 from skipkit.shapes import ShapeMismatchError
 from skipkit.shortcuts import CenterCrop, Resample, ZeroPad, plan_shortcut
@@ -24,6 +29,21 @@ from skipkit.skips import (
     materialize,
     skips_disabled,
 )
+from skipkit.surgery import SkipInfo, add_skip, connect, list_skips, remove_skip, taps
+
+if TYPE_CHECKING:
+    from skipkit import data, diagnostics, experiments, models, train
+
+# Heavier subpackages load on first use (``sk.models.create(...)``), so ``import skipkit`` stays
+# light and never pulls in matplotlib or Keras by itself.
+_LAZY = ("data", "diagnostics", "experiments", "keras", "models", "train")
+
+
+def __getattr__(name: str) -> ModuleType:
+    if name in _LAZY:
+        return importlib.import_module(f"skipkit.{name}")
+    raise AttributeError(f"module 'skipkit' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
@@ -42,11 +62,23 @@ __all__ = [
     "Residual",
     "Scale",
     "ShapeMismatchError",
+    "SkipInfo",
     "SkipModule",
     "WeightedSum",
     "ZeroPad",
     "__version__",
+    "add_skip",
+    "connect",
+    "data",
+    "diagnostics",
+    "experiments",
+    "list_skips",
     "materialize",
+    "models",
     "plan_shortcut",
+    "remove_skip",
     "skips_disabled",
+    "surgery",
+    "taps",
+    "train",
 ]

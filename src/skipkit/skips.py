@@ -289,7 +289,7 @@ class Residual(SkipModule):
         return {
             "kind": type(self).__name__,
             "tap": "input",
-            "shortcut": type(self.shortcut).__name__ if self.ready else self.shortcut_kind,
+            "shortcut": _module_summary(self.shortcut) if self.ready else self.shortcut_kind,
             "merge": type(self.merge).__name__,
             "parameters": sum(
                 p.numel()
@@ -325,6 +325,13 @@ class Residual(SkipModule):
 
     def extra_repr(self) -> str:
         return f"layout={self.layout}, shortcut={self.shortcut_kind!r}, built={self._built}"
+
+
+def _module_summary(module: nn.Module | None) -> str:
+    """``Sequential(Conv2d, BatchNorm2d)`` -> ``"Conv2d+BatchNorm2d"``; others: the class name."""
+    if isinstance(module, nn.Sequential):
+        return "+".join(type(m).__name__ for m in module)
+    return type(module).__name__
 
 
 def _planned_shape(
