@@ -49,7 +49,7 @@ def test_core_and_added_skips_are_listed() -> None:
     )
     assert (infos[3].tap, infos[3].dst) == ("1", "")
     assert infos[3].shortcut == "AdaptiveAvgPool2d+Flatten+Linear+ZeroGain"  # scalar α
-    assert infos[0].tap == "input" and infos[0].shortcut == "Sequential"
+    assert infos[0].tap == "input" and infos[0].shortcut == "Conv2d+BatchNorm2d"
     assert json.loads(json.dumps(infos[0].to_dict()))["kind"] == "Residual"
     with sk.skips_disabled(net):
         assert not any(i.enabled for i in list_skips(net))
