@@ -98,8 +98,9 @@ def _train_step(model: nn.Module, x: torch.Tensor, seed: int) -> tuple[torch.Ten
     [
         (functools.partial(densenet121, num_classes=10), (2, 3, 32, 32)),
         (functools.partial(densenet_bc, depth=22, drop_rate=0.2), (2, 3, 16, 16)),
+        (functools.partial(densenet_bc, depth=16, skip=False), (2, 3, 8, 8)),
     ],
-    ids=["densenet121", "densenet_bc-22-dropout"],
+    ids=["densenet121", "densenet_bc-22-dropout", "plain-twin"],
 )
 def test_memory_efficient_is_exact_in_training(builder: functools.partial, shape: tuple) -> None:
     plain_mode = builder().train()
@@ -266,3 +267,15 @@ def test_in_channels_and_pickling() -> None:
     with torch.no_grad():
         torch.testing.assert_close(clone(x), model(x), rtol=0, atol=0)
     assert clone.memory_efficient
+
+
+def test_memory_efficient_under_cpu_autocast_falls_back_to_checkpointing() -> None:
+    a = _dense_block(2, False).train()
+    b = copy.deepcopy(a)
+    b.memory_efficient = True
+    x = torch.randn(2, 5, 6, 6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_a, gx_a = _train_step(a, x, 0)
+        out_b, gx_b = _train_step(b, x, 0)
+    torch.testing.assert_close(out_b, out_a)
+    torch.testing.assert_close(gx_b, gx_a)

@@ -216,7 +216,7 @@ class EfficientDenseBlock(DenseBlock):
             and self.training
             and self._dim == 1
             and _fusable(layer)
-            and not torch.is_autocast_enabled()
+            and not torch.is_autocast_enabled(features[0].device.type)
             and any(f.requires_grad for f in features)
         ):
             assert isinstance(layer, DenseLayer)
