@@ -74,15 +74,6 @@ def _norms(layer: DenseLayer) -> tuple[_BatchNorm, _BatchNorm]:
     return n1, n2
 
 
-def _count_batch(bn: _BatchNorm) -> float:
-    """Count one training batch and return the running-average factor (nn.BatchNorm's rule:
-    ``momentum``, or ``1 / batches seen`` when ``momentum=None``)."""
-    if not bn.track_running_stats or bn.num_batches_tracked is None:
-        return 0.0
-    bn.num_batches_tracked.add_(1)
-    return 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else float(bn.momentum)
-
-
 def _conv_backward(
     grad: torch.Tensor, x: torch.Tensor, conv: nn.Module, need_weight: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -111,9 +102,12 @@ class _DenseLayerFunction(torch.autograd.Function):
 
     torchvision's checkpointed layer saves two such tensors (conv1's output and relu2's) and
     updates norm1's running statistics a second time when it recomputes. Here backward
-    recomputes norm2-relu2 from ``z`` and ``cat``-norm1-relu1 from the features with the
-    same kernels (so every value is bit-identical to the forward's) from batch statistics
-    only, leaving the running statistics alone; no convolution runs twice.
+    recomputes norm2-relu2 from ``z`` and ``cat``-norm1-relu1 from the features, from batch
+    statistics only (the running statistics were updated once, in forward), then runs each
+    op's backward kernel; no convolution runs twice. On CPU the recomputation uses the
+    kernels ``nn.BatchNorm`` uses, so outputs and gradients are bit-identical to
+    ``memory_efficient=False``; on CUDA, where ``nn.BatchNorm`` runs cuDNN and the
+    recomputation the native kernel, they agree to float rounding.
 
     ``apply(layer, w1, b1, wc1, w2, b2, wc2, *features) -> (N, k, *S)``.
     """
@@ -121,12 +115,10 @@ class _DenseLayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, layer: DenseLayer, *tensors: torch.Tensor) -> torch.Tensor:
         features = tensors[6:]
-        n1, n2 = _norms(layer)
-        z = layer.conv1(layer.relu1(n1(torch.cat(features, 1))))
-        h = _aten.native_batch_norm(
-            z, n2.weight, n2.bias, n2.running_mean, n2.running_var, True, _count_batch(n2), n2.eps
-        )[0]
-        out: torch.Tensor = layer.conv2(torch.relu_(h))
+        # The layer's own modules, as without memory_efficient: the same kernels, and the
+        # running statistics are updated once, here.
+        z = layer.conv1(layer.relu1(layer.norm1(torch.cat(features, 1))))
+        out: torch.Tensor = layer.conv2(layer.relu2(layer.norm2(z)))
         ctx.layer = layer
         ctx.save_for_backward(z, *features)
         return out
@@ -140,8 +132,7 @@ class _DenseLayerFunction(torch.autograd.Function):
         need_w1, need_b1, need_wc1, need_w2, need_b2, need_wc2 = ctx.needs_input_grad[1:7]
         need_feats = ctx.needs_input_grad[7:]
 
-        # relu2's output and norm2's batch statistics again, bit for bit (the same kernel on
-        # the same z; no running-statistics update)
+        # relu2's output and norm2's batch statistics again (no running-statistics update)
         h, mean2, invstd2 = _aten.native_batch_norm(
             z, n2.weight, n2.bias, None, None, True, 0.0, n2.eps
         )
@@ -201,13 +192,16 @@ def _fusable(layer: nn.Module) -> bool:
 
 
 class EfficientDenseBlock(DenseBlock):
-    """A :class:`~skipkit.DenseBlock` whose ``memory_efficient`` training mode runs each
-    :class:`~skipkit.DenseLayer` as one autograd function (:class:`_DenseLayerFunction`)
-    that stores a single ``bn_size*k``-channel tensor per layer and recomputes no
-    convolution. Outputs, gradients and BatchNorm statistics equal ``memory_efficient=False``
-    (see ``tests/models/test_densenet.py``); shapes, arguments and keys as
-    :class:`~skipkit.DenseBlock`. Other layers fall back to :class:`~skipkit.DenseBlock`'s
-    checkpointing.
+    """A :class:`~skipkit.DenseBlock` with a leaner ``memory_efficient`` training mode.
+
+    Each stock :class:`~skipkit.DenseLayer` runs as one autograd function
+    (:class:`_DenseLayerFunction`) that stores a single ``bn_size*k``-channel tensor per layer
+    and recomputes no convolution in backward. Outputs, gradients and BatchNorm statistics
+    equal ``memory_efficient=False`` (bit for bit on CPU). Other layers, and autocast, fall
+    back to :class:`~skipkit.DenseBlock`'s checkpointing. Shapes, arguments and
+    ``state_dict`` keys as :class:`~skipkit.DenseBlock`.
+
+    ``(N, C, *S) -> (N, C + num_layers*growth, *S)``.
     """
 
     def _run_layer(self, layer: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
