@@ -41,7 +41,7 @@ def plain_net() -> nn.Sequential:
     )
 
 
-def residual_net() -> nn.Sequential:
+def residual_net() -> nn.Module:
     """The same layers with two Residual skips (identity, then a planned projection)."""
     net = nn.Sequential(
         conv_bn(1, 8),
@@ -132,6 +132,7 @@ def test_residual_skip_balance(batch: tuple[torch.Tensor, torch.Tensor]) -> None
     assert s2.shortcut_norm is not None and s2.shortcut_norm != pytest.approx(s2.in_norm)
     for s in (s1, s2):
         assert s.branch_norm and s.branch_grad_norm and s.shortcut_grad_norm and s.in_grad_norm
+        assert s.shortcut_norm is not None
         assert s.forward_ratio == pytest.approx(s.branch_norm / s.shortcut_norm)
         assert s.grad_ratio == pytest.approx(s.branch_grad_norm / s.shortcut_grad_norm)
         # the two paths' gradients add up to the whole: triangle inequality both ways
@@ -153,7 +154,7 @@ def test_skip_branch_gradient_against_autograd() -> None:
     nn.CrossEntropyLoss()(net[2](out), y).backward()
     g_y = out.grad
     assert h.grad is not None and g_y is not None
-    g_branch = g_y @ block.body.weight  # ∂L/∂x through the Linear body
+    g_branch = (g_y @ block.body.weight).detach()  # ∂L/∂x through the Linear body
     assert s.out_grad_norm == pytest.approx(float(g_y.norm()), rel=1e-5)
     assert s.shortcut_grad_norm == pytest.approx(float(g_y.norm()), rel=1e-5)
     assert s.branch_grad_norm == pytest.approx(float(g_branch.norm()), rel=1e-5)
@@ -194,7 +195,7 @@ def test_effective_rank() -> None:
 
 def test_errors(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
     with pytest.raises(ValueError, match="batch must be"):
-        gradient_flow(plain_net(), "x", nn.CrossEntropyLoss())  # type: ignore[arg-type]
+        gradient_flow(plain_net(), "x", nn.CrossEntropyLoss())
     with pytest.raises(ValueError, match="scalar"):
         gradient_flow(plain_net(), batch, nn.CrossEntropyLoss(reduction="none"))
     with pytest.raises(ValueError, match="every"):
@@ -206,9 +207,9 @@ def test_recorder_with_trainer(tmp_path) -> None:  # type: ignore[no-untyped-def
     net = residual_net()
     rec = GradientFlowRecorder(every=2, name="res")
     Trainer(
-        net, data, None, epochs=2, batch_size=8, quiet=True, device="cpu", callbacks=[rec]
+        net, data, None, epochs=1, batch_size=8, quiet=True, device="cpu", callbacks=[rec]
     ).fit()
-    assert [f.step for f in rec.history] == [0, 2, 4, 6, 8, 10]
+    assert [f.step for f in rec.history] == [0, 2, 4]
     for f in rec.history:
         assert len(f.layers) == 6 and len(f.skips) == 2
         assert all(math.isfinite(v) and v > 0 for v in f.column("act_grad_norm"))
@@ -216,7 +217,7 @@ def test_recorder_with_trainer(tmp_path) -> None:  # type: ignore[no-untyped-def
         assert math.isfinite(f.loss)
     assert all(not m._forward_hooks and "branch" not in m.__dict__ for m in net.modules())
     doc = json.loads(json.dumps(rec.to_dict()))
-    assert doc["every"] == 2 and len(doc["snapshots"]) == 6
+    assert doc["every"] == 2 and len(doc["snapshots"]) == 3
     rec.plot(str(tmp_path / "time.png"))
     assert (tmp_path / "time.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -234,7 +235,8 @@ def test_recorder_by_hand() -> None:
         flow = rec.record(step)
         assert (flow is not None) == (step % 3 == 0)
         if flow is not None:
-            wg = [float(net[i][0].weight.grad.norm()) for i in (0, 2, 4, 6)]
+            convs = [net.get_submodule(f"{i}.0") for i in (0, 2, 4, 6)]
+            wg = [float(c.get_parameter("weight").grad.norm()) for c in convs]  # type: ignore[union-attr]
             assert flow.column("weight_grad_norm")[:4] == pytest.approx(wg, rel=1e-5)
         opt.step()
     rec.detach()

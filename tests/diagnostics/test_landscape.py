@@ -173,7 +173,7 @@ def test_interpolate_moves_batchnorm_statistics() -> None:
     with torch.no_grad():
         for p in b.parameters():
             p.add_(0.3 * torch.randn_like(p))
-        b[1].running_mean.add_(1.0)
+        b.get_buffer("1.running_mean").add_(1.0)
     net = tiny()
     saved = snapshot(net)
     x, y = data()
@@ -193,6 +193,11 @@ def test_interpolate_moves_batchnorm_statistics() -> None:
     only_stats["1.running_mean"] += 1.0
     bn = interpolate(net, a.state_dict(), only_stats, (x, y), LOSS, steps=3, span=(0, 1))
     assert bn.loss[0] != bn.loss[-1]
+    # extrapolated far past B a running variance would turn negative: it is clamped at zero
+    big_var = {k: v.clone() for k, v in a.state_dict().items()}
+    big_var["1.running_var"] *= 10.0
+    far = interpolate(net, a.state_dict(), big_var, (x, y), LOSS, steps=3, span=(-1, 2))
+    assert np.isfinite(far.loss).all()
     with pytest.raises(ValueError, match="lacks"):
         interpolate(net, {}, b.state_dict(), (x, y), LOSS)
 

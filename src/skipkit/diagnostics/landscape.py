@@ -342,6 +342,7 @@ class _Plan:
     coords: list[np.ndarray]
     kind: str
     meta: dict[str, Any]
+    nonnegative: frozenset[str] = frozenset()  # entries clamped at 0 (variances)
 
 
 def loss_landscape(
@@ -458,8 +459,9 @@ def interpolate(
     Every floating-point entry of the state dicts moves: parameters *and* buffers, so the
     BatchNorm running statistics are interpolated too (Li et al.: interpolating the parameters
     alone gives meaningless BN statistics). Integer buffers (``num_batches_tracked``) stay as
-    they are. ``a=0`` is ``A``, ``a=1`` is ``B`` (up to rounding); Li et al. plot
-    ``[-0.5, 1.5]``. The model's own tensors are restored afterwards.
+    they are, and BatchNorm running variances are clamped at zero where extrapolating past
+    ``A`` or ``B`` would make them negative. ``a=0`` is ``A``, ``a=1`` is ``B`` (up to
+    rounding); Li et al. plot ``[-0.5, 1.5]``. The model's own tensors are restored afterwards.
 
     Args:
         model: a model whose ``state_dict`` has the keys and shapes of both states.
@@ -491,12 +493,15 @@ def interpolate(
         "moved_tensors": len(keys),
         "distance": _tensors_norm(direction.values()),
     }
+    # a line extrapolated past A or B can take a variance below zero, which has no meaning
+    variances = frozenset(k for k in keys if k.endswith("running_var"))
     plan = _Plan(
         origin=origin,
         dirs=[direction],
         coords=[_axis(span, steps)],
         kind="interpolation",
         meta=meta,
+        nonnegative=variances,
     )
     return _scan(
         model,
@@ -635,6 +640,8 @@ def _move(live: Mapping[str, torch.Tensor], plan: _Plan, offsets: Sequence[float
             step = d.get(k)
             if step is not None and a != 0.0:
                 t.add_(step, alpha=a)
+        if k in plan.nonnegative:
+            t.clamp_(min=0)
 
 
 def _gather(
@@ -656,6 +663,7 @@ def _fingerprint(plan: _Plan, batches: Batches, examples: int) -> str:
     """A hash of everything a point's value depends on except the model's code."""
     h = hashlib.sha256()
     h.update(plan.kind.encode())
+    h.update(",".join(sorted(plan.nonnegative)).encode())
     for c in plan.coords:
         h.update(np.ascontiguousarray(c, dtype=np.float64).tobytes())
     for group in (plan.origin, *plan.dirs):

@@ -125,6 +125,9 @@ def plot_flow_in_time(
     im = ax.imshow(grid, aspect="auto", cmap="viridis", extent=extent, interpolation="nearest")
     ticks = np.unique(np.linspace(0, len(history) - 1, min(len(history), 8)).round().astype(int))
     ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
+    from matplotlib.ticker import MaxNLocator
+
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel("layer (depth)")
     fig.colorbar(im, ax=ax, label=f"log10 {_FLOW_PANELS.get(key, key)}")
