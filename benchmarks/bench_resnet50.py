@@ -11,7 +11,7 @@ skipkit channels_last / torchvision default <= 0.85.
 Usage::
 
     python benchmarks/bench_resnet50.py                       # CPU, batch 16, 224x224
-    python benchmarks/bench_resnet50.py --repeats 3 --batch 8
+    python benchmarks/bench_resnet50.py --threads 1 --clock process   # a busy shared machine
     python benchmarks/bench_resnet50.py --device cuda --batch 64 --repeats 20
 """
 
@@ -58,17 +58,18 @@ def _make(
     return Config(f"{name} {layout}", model, opt, channels_last)
 
 
-def _step(cfg: Config, x: torch.Tensor, y: torch.Tensor, device: torch.device) -> float:
+def _step(cfg: Config, x: torch.Tensor, y: torch.Tensor, device: torch.device, clock: str) -> float:
     if cfg.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    now = time.process_time if clock == "process" else time.perf_counter
     _sync(device)
-    start = time.perf_counter()
+    start = now()
     cfg.optimizer.zero_grad(set_to_none=True)
     loss = F.cross_entropy(cfg.model(x), y)
     loss.backward()
     cfg.optimizer.step()
     _sync(device)  # CUDA runs asynchronously: wait for the step before reading the clock
-    return time.perf_counter() - start
+    return now() - start
 
 
 def main() -> None:
@@ -79,12 +80,21 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per configuration")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (CPU)")
+    p.add_argument(
+        "--clock",
+        choices=("wall", "process"),
+        default="wall",
+        help="wall: elapsed time (default); process: this process's CPU time, steadier on a\n"
+        "shared machine (use with --threads 1; CPU only)",
+    )
     p.add_argument("--json", default=None, help="also write the results to this file")
     args = p.parse_args()
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but torch.cuda.is_available() is False")
+    if args.clock == "process" and device.type != "cpu":
+        raise SystemExit("--clock process measures CPU time; use the wall clock on a GPU")
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -115,17 +125,20 @@ def main() -> None:
         f"{platform.processor() or platform.machine()}, threads {torch.get_num_threads()}, "
         f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
     )
-    print(f"batch {args.batch}, {args.size}x{args.size}, {args.repeats} timed steps each")
+    print(
+        f"batch {args.batch}, {args.size}x{args.size}, {args.repeats} timed steps each, "
+        f"{args.clock} clock"
+    )
     for cfg in configs:
         for _ in range(args.warmup):
-            _step(cfg, x, y, device)
+            _step(cfg, x, y, device, args.clock)
     for r in range(args.repeats):
         # Rotate the order every round so no configuration always follows the same one.
         order = configs[r % len(configs) :] + configs[: r % len(configs)]
         for cfg in order:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
-            cfg.times.append(_step(cfg, x, y, device))
+            cfg.times.append(_step(cfg, x, y, device, args.clock))
             if device.type == "cuda":
                 cfg.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
 
