@@ -64,6 +64,13 @@ def test_in_shape_plans_on_meta_without_touching_state() -> None:
     assert all(p.device.type == "cpu" for p in block.parameters())
 
 
+def test_in_shape_batch_of_one_through_batchnorm1d() -> None:
+    body = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU())
+    block = sk.Residual(body, in_shape=(1, 8)).train()
+    assert block.ready and block.training and body[1].training
+    assert block(torch.randn(4, 8)).shape == (4, 16)
+
+
 def test_lazy_build_and_materialize() -> None:
     model = nn.Sequential(sk.Residual(nn.Linear(10, 32)), nn.ReLU(), sk.Residual(nn.Linear(32, 4)))
     assert not model[0].ready

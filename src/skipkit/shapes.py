@@ -175,8 +175,8 @@ def has_uninitialized_params(module: nn.Module) -> bool:
 def meta_forward(module: nn.Module, *inputs: torch.Tensor) -> object:
     """Run ``module`` on ``meta`` copies of its weights and of ``inputs``.
 
-    No real compute and no memory: only shapes propagate. The module's own tensors and
-    buffers (BatchNorm running statistics included) are untouched.
+    No real compute and no memory: only shapes propagate. The module runs in eval mode (so a
+    batch of one passes BatchNorm); its own tensors, buffers and train/eval flags are untouched.
 
     Raises:
         NotImplementedError: an operator in the module has no meta kernel.
@@ -185,7 +185,14 @@ def meta_forward(module: nn.Module, *inputs: torch.Tensor) -> object:
     named = itertools.chain(module.named_parameters(), module.named_buffers())
     state = {k: torch.empty_like(v, device="meta") for k, v in named}
     meta_inputs = tuple(torch.empty_like(x, device="meta") for x in inputs)
-    return functional_call(module, state, meta_inputs, strict=False)
+    # Eval mode: shapes are the same, and train-mode BatchNorm would reject a batch of one.
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        return functional_call(module, state, meta_inputs, strict=False)
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def close_matches(name: str, choices: Iterable[str], n: int = 3) -> list[str]:

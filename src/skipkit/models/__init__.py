@@ -8,14 +8,22 @@
 from __future__ import annotations
 
 from skipkit.models import densenet, mlp, resnet, resnet_cifar, rnn, unet
+from skipkit.models._blocks import load_weights, read_state_dict
 from skipkit.models._registry import create, is_registered, list_models, register_model
+from skipkit.models.resnet import ResNet
+from skipkit.models.resnet_cifar import CifarResNet, cifar_resnet
 
 __all__ = [
+    "CifarResNet",
+    "ResNet",
+    "cifar_resnet",
     "create",
     "densenet",
     "is_registered",
     "list_models",
+    "load_weights",
     "mlp",
+    "read_state_dict",
     "register_model",
     "resnet",
     "resnet_cifar",
