@@ -22,7 +22,6 @@ the same outputs. ``densenet_bc`` is the CIFAR DenseNet-BC (3 blocks, 3×3 stem,
 from __future__ import annotations
 
 import functools
-import logging
 import math
 import re
 from collections import OrderedDict
@@ -37,8 +36,6 @@ from torch.autograd.function import once_differentiable
 from skipkit.models._blocks import WeightsSpec, load_weights, read_state_dict
 from skipkit.models._registry import register_model
 from skipkit.skips import DenseBlock, DenseLayer
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "TORCHVISION_URLS",
@@ -74,6 +71,33 @@ def _norms(layer: DenseLayer) -> tuple[_BatchNorm, _BatchNorm]:
     return n1, n2
 
 
+def _batch_norm_train(
+    bn: _BatchNorm, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``bn(x)`` in training mode, with ``nn.BatchNorm``'s running-statistics bookkeeping,
+    also returning the batch mean and inverse standard deviation (per channel)."""
+    factor = 0.0
+    if bn.track_running_stats and bn.num_batches_tracked is not None:
+        bn.num_batches_tracked.add_(1)
+        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+    out, mean, invstd = _aten.native_batch_norm(
+        x, bn.weight, bn.bias, bn.running_mean, bn.running_var, True, factor, bn.eps
+    )
+    return out, mean, invstd
+
+
+def _normalize(
+    bn: _BatchNorm, x: torch.Tensor, mean: torch.Tensor, invstd: torch.Tensor
+) -> torch.Tensor:
+    """``bn``'s training-mode output again from the saved batch statistics, with no pass to
+    compute them (the inference kernel fed with ``var = 1/invstd**2 - eps``)."""
+    var = invstd.double().pow(-2).sub(bn.eps).to(invstd.dtype)
+    out: torch.Tensor = _aten.native_batch_norm(
+        x, bn.weight, bn.bias, mean, var, False, 0.0, bn.eps
+    )[0]
+    return out
+
+
 def _conv_backward(
     grad: torch.Tensor, x: torch.Tensor, conv: nn.Module, need_weight: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -98,16 +122,16 @@ def _conv_backward(
 class _DenseLayerFunction(torch.autograd.Function):
     """A whole :class:`DenseLayer` (``cat -> norm1 -> relu1 -> conv1 -> norm2 -> relu2 ->
     conv2``) as one autograd function that saves a single new tensor: conv1's output ``z``
-    (``bn_size*k`` channels; the input features are kept by the block anyway).
+    (``bn_size*k`` channels; the input features are kept by the block anyway), plus the two
+    norms' per-channel batch statistics.
 
-    torchvision's checkpointed layer saves two such tensors (conv1's output and relu2's) and
-    updates norm1's running statistics a second time when it recomputes. Here backward
-    recomputes norm2-relu2 from ``z`` and ``cat``-norm1-relu1 from the features, from batch
-    statistics only (the running statistics were updated once, in forward), then runs each
-    op's backward kernel; no convolution runs twice. On CPU the recomputation uses the
-    kernels ``nn.BatchNorm`` uses, so outputs and gradients are bit-identical to
-    ``memory_efficient=False``; on CUDA, where ``nn.BatchNorm`` runs cuDNN and the
-    recomputation the native kernel, they agree to float rounding.
+    torchvision's checkpointed layer saves two such tensors (conv1's output and relu2's),
+    recomputes norm1 in training mode (a second statistics pass, and a second update of its
+    running statistics). Here backward rebuilds relu2's output from ``z`` and relu1's from
+    ``cat(features)`` with the saved statistics (one elementwise pass each), then runs each
+    op's backward kernel; no convolution and no statistics pass runs twice. Outputs and
+    running statistics equal ``memory_efficient=False`` exactly on CPU; gradients agree to
+    float rounding (the rebuilt activations may differ in the last bit).
 
     ``apply(layer, w1, b1, wc1, w2, b2, wc2, *features) -> (N, k, *S)``.
     """
@@ -115,28 +139,25 @@ class _DenseLayerFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, layer: DenseLayer, *tensors: torch.Tensor) -> torch.Tensor:
         features = tensors[6:]
-        # The layer's own modules, as without memory_efficient: the same kernels, and the
-        # running statistics are updated once, here.
-        z = layer.conv1(layer.relu1(layer.norm1(torch.cat(features, 1))))
-        out: torch.Tensor = layer.conv2(layer.relu2(layer.norm2(z)))
+        n1, n2 = _norms(layer)
+        a, mean1, invstd1 = _batch_norm_train(n1, torch.cat(features, 1))
+        z = layer.conv1(torch.relu_(a))
+        h, mean2, invstd2 = _batch_norm_train(n2, z)
+        out: torch.Tensor = layer.conv2(torch.relu_(h))
         ctx.layer = layer
-        ctx.save_for_backward(z, *features)
+        ctx.save_for_backward(z, mean1, invstd1, mean2, invstd2, *features)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        z, *features = ctx.saved_tensors
+        z, mean1, invstd1, mean2, invstd2, *features = ctx.saved_tensors
         layer: DenseLayer = ctx.layer
         n1, n2 = _norms(layer)
         need_w1, need_b1, need_wc1, need_w2, need_b2, need_wc2 = ctx.needs_input_grad[1:7]
         need_feats = ctx.needs_input_grad[7:]
 
-        # relu2's output and norm2's batch statistics again (no running-statistics update)
-        h, mean2, invstd2 = _aten.native_batch_norm(
-            z, n2.weight, n2.bias, None, None, True, 0.0, n2.eps
-        )
-        h = torch.relu_(h)
+        h = torch.relu_(_normalize(n2, z, mean2, invstd2))
         grad_h, grad_wc2 = _conv_backward(grad_out, h, layer.conv2, need_wc2)
         grad_h = _aten.threshold_backward(grad_h, h, 0)
         del h
@@ -146,10 +167,7 @@ class _DenseLayerFunction(torch.autograd.Function):
         del grad_h
 
         cat = torch.cat(features, 1)
-        r, mean1, invstd1 = _aten.native_batch_norm(
-            cat, n1.weight, n1.bias, None, None, True, 0.0, n1.eps
-        )
-        r = torch.relu_(r)
+        r = torch.relu_(_normalize(n1, cat, mean1, invstd1))
         grad_r, grad_wc1 = _conv_backward(grad_z, r, layer.conv1, need_wc1)
         grad_r = _aten.threshold_backward(grad_r, r, 0)
         del r, grad_z
@@ -196,8 +214,8 @@ class EfficientDenseBlock(DenseBlock):
 
     Each stock :class:`~skipkit.DenseLayer` runs as one autograd function
     (:class:`_DenseLayerFunction`) that stores a single ``bn_size*k``-channel tensor per layer
-    and recomputes no convolution in backward. Outputs, gradients and BatchNorm statistics
-    equal ``memory_efficient=False`` (bit for bit on CPU). Other layers, and autocast, fall
+    and recomputes no convolution in backward. Outputs and BatchNorm statistics equal
+    ``memory_efficient=False``, gradients to float rounding. Other layers, and autocast, fall
     back to :class:`~skipkit.DenseBlock`'s checkpointing. Shapes, arguments and
     ``state_dict`` keys as :class:`~skipkit.DenseBlock`.
 
@@ -264,9 +282,10 @@ class DenseNet(nn.Module):
             (7×7 conv stride 2, BN, ReLU, 3×3 max-pool stride 2).
         memory_efficient: keep one bottleneck tensor per dense layer for backward and
             recompute the concatenation and norms there (Pleiss et al. 2017; see
-            :class:`EfficientDenseBlock`): the same outputs, gradients and BatchNorm
-            statistics, about 0.75x the peak training memory of torchvision's
-            ``memory_efficient=True`` (``docs/benchmarks.md``).
+            :class:`EfficientDenseBlock`): the same outputs and BatchNorm statistics,
+            gradients equal to float rounding, about 0.75x the peak training memory of
+            torchvision's ``memory_efficient=True`` at 0.9x its step time
+            (``docs/benchmarks.md``).
         skip: ``False`` builds the plain twin: every :class:`~skipkit.DenseBlock` gets
             ``skip_enabled = False`` for good, so each layer sees only the previous layer's
             output (zeros stand in for the earlier features, which keeps every weight's shape,
@@ -446,7 +465,7 @@ def densenet121(
         num_classes: classifier outputs.
         in_channels: input image channels.
         memory_efficient: recompute concatenations and bottlenecks in backward (Pleiss et al.
-            2017): same outputs, gradients and BatchNorm statistics, less memory.
+            2017): same outputs and BatchNorm statistics, gradients to float rounding.
         drop_rate: dropout after each dense layer.
         skip: ``False`` builds the plain twin (see :class:`DenseNet`).
         weights: a local ``.safetensors`` file or torch checkpoint, an http(s) URL (downloaded

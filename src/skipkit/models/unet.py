@@ -3,20 +3,21 @@ the same resolution.
 
 ::
 
-    x ──► enc0 ──────────────────── long skip 0 ───────────────────► ⊕ ─► dec0 ─► head ─► y
-    (N, C_in, *S)  │                                                 ▲     (N, C_out, *S)
-                 pool                                               up
-                   ▼                                                 │
-                 enc1 ────────────── long skip 1 ──────────► ⊕ ─► dec1
-                   │     (N, 2c, *S/2)                        ▲
-                 pool                                         up
-                   ▼                                          │
-                 enc2 ───── long skip 2 ─────► ⊕ ─► dec2 ─────┘
-                   │     (N, 4c, *S/4)         ▲
-                 pool                          up
-                   ▼                           │
-                 bottleneck ───────────────────┘
-                 (N, 2^depth·c, *S/2^depth)          (depth=3 drawn; c = base_channels)
+    x ─► enc0 ───────────────────── long skip 0 ─────────────────────► ⊕ ─► dec0 ─► head ─► y
+          │  (N, c, *S)                                                ▲
+         pool                                                          up
+          ▼                                                            │
+         enc1 ─────────────── long skip 1 ───────────────► ⊕ ─► dec1 ──┘
+          │  (N, 2c, *S/2)                                 ▲
+         pool                                              up
+          ▼                                                │
+         enc2 ───────── long skip 2 ─────────► ⊕ ─► dec2 ──┘
+          │  (N, 4c, *S/4)                     ▲
+         pool                                  up
+          ▼                                    │
+         bottleneck  (N, 8c, *S/8) ────────────┘
+
+    depth = 3 drawn; c = base_channels; x: (N, C_in, *S), y: (N, C_out, *S)
 
 Each ``⊕`` is a :class:`LongSkip`: it fits the decoder map to the stored encoder feature
 (``align``) and merges them (``concat`` as in the paper, or ``add``). Encoder levels are two
@@ -40,7 +41,6 @@ decoder map is one pixel short of the encoder feature at those levels. ``align``
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, Literal
@@ -54,8 +54,6 @@ from skipkit.models._blocks import BATCHNORM, CONV, WeightsSpec, check_dims, loa
 from skipkit.models._registry import register_model
 from skipkit.shapes import ShapeMismatchError, fmt_shape
 from skipkit.skips import SkipModule
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ALIGNS", "ConvBlock", "LongSkip", "UNet", "UpStage", "unet"]
 
