@@ -1,4 +1,6 @@
-"""The seed rewrites in examples/ run and assert their own output shapes."""
+"""The seed rewrites and model examples in examples/ run and assert their own results.
+
+(Keras, surgery and diagnostics examples are run by their own test packages.)"""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-EXAMPLES = sorted((Path(__file__).parents[1] / "examples").glob("seed0*.py"))
+ROOT = Path(__file__).parents[1] / "examples"
+EXAMPLES = sorted(ROOT.glob("seed0*.py"))
+MODEL_EXAMPLES = sorted(ROOT.glob("models_*.py"))
 
 
 def test_every_seed_snippet_has_an_example() -> None:
@@ -25,5 +29,12 @@ def test_every_seed_snippet_has_an_example() -> None:
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
 def test_example_runs(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runpy.run_path(str(path), run_name="__main__")
+    assert capsys.readouterr().out.strip()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", MODEL_EXAMPLES, ids=lambda p: p.stem)
+def test_model_example_runs(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     runpy.run_path(str(path), run_name="__main__")
     assert capsys.readouterr().out.strip()
