@@ -154,6 +154,7 @@ class Probe:
         self.keep: list[torch.Tensor] = []  # traced tensors stay alive so ids stay unique
         self.alias: dict[int, int] = {}  # id(view made by a hook) -> id(the tensor it views)
         self.last_layer: LayerAcc | None = None
+        self.last_out: torch.Tensor | None = None
         self.depth = 0
 
     @property
@@ -206,7 +207,7 @@ class Probe:
             acc.response_std = float(out.detach().float().std(unbiased=False))
         acc.calls += 1
         acc.act_sq += norm(out) ** 2
-        self.last_layer = acc
+        self.last_layer, self.last_out = acc, out
         if out.requires_grad:
             out.register_hook(self._grad_sink(acc))
 
@@ -222,9 +223,10 @@ class Probe:
         if not self.recording or not isinstance(out, torch.Tensor) or self.last_layer is None:
             return
         acc = self.last_layer
-        if acc.calls == 1 and args and args[0] is not None:
+        # only a norm fed by the layer's own output (not e.g. a pre-activation block's norm)
+        if acc.calls == 1 and args and args[0] is self.last_out:
             acc.response_std = float(out.detach().float().std(unbiased=False))
-        self.last_layer = None
+        self.last_layer, self.last_out = None, None
 
     def _on_skip_in(self, module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
         if not self.recording or not args or not isinstance(args[0], torch.Tensor):
