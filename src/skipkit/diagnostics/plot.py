@@ -74,6 +74,8 @@ def plot_gradient_flow(
     """
     if not flows:
         raise ValueError("plot_gradient_flow needs at least one GradientFlow")
+    from matplotlib.ticker import MaxNLocator
+
     fig = _figure(4.6 * len(keys), 3.9)
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     names = list(labels) if labels is not None else [f.name for f in flows]
@@ -87,6 +89,7 @@ def plot_gradient_flow(
             ax.plot(xs[ok], ys[ok], style, color=color, lw=1.6, marker=".", ms=4, label=names[i])
         if key != "response_std":  # a std near 1 reads better on a linear axis
             ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("layer (depth, input → output)")
         ax.set_title(_FLOW_PANELS.get(key, key), fontsize=11)
         ax.grid(True, which="major", alpha=0.3)
