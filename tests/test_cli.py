@@ -130,7 +130,11 @@ def test_extensions_add_subcommands(
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path: Path) -> None:
     src = str(Path(__file__).resolve().parents[1] / "src")
-    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "SKIPKIT_CACHE": str(tmp_path / "cache"),
+    }
     out_dir = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "skipkit.cli", "demo", "--quick", "--out", str(out_dir)],

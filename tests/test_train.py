@@ -314,6 +314,22 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path: Path, mod: dict[str, A
     assert trainer.epoch == 1 and (tmp_path / "new" / "checkpoint.json").is_file()
 
 
+def test_fresh_run_removes_a_previous_checkpoint(tmp_path: Path, mod: dict[str, Any]) -> None:
+    class Stop(Callback):
+        def on_train_start(self, trainer: Trainer) -> None:
+            raise KeyboardInterrupt
+
+    mod["run"](tmp_path, epochs=1)
+    assert read_checkpoint(tmp_path) is not None
+    train, _ = mod["data"]()
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(mod["make_model"](), train, out_dir=tmp_path, callbacks=[Stop()]).fit()
+    # a later resume must not continue the old run
+    assert read_checkpoint(tmp_path) is None
+    assert not (tmp_path / "metrics.json").exists()
+    assert not list((tmp_path / "checkpoints").iterdir())
+
+
 def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path: Path) -> None:
     target = tmp_path / "f.bin"
     atomic_write_bytes(target, b"old")

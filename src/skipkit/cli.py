@@ -32,7 +32,7 @@ EXTENSIONS = ("skipkit.diagnostics.cli",)
 """Modules whose ``add_parsers(subparsers)`` adds subcommands (skipped when absent)."""
 
 DEMO_DEPTHS = (20, 56)
-DEMO_EPOCHS = 30
+DEMO_EPOCHS = 20
 QUICK_DEPTHS = (8, 14)
 QUICK_EPOCHS = 2
 
@@ -233,9 +233,23 @@ def _models_parser(sub: Any) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    depths, epochs = (QUICK_DEPTHS, QUICK_EPOCHS) if args.quick else (DEMO_DEPTHS, DEMO_EPOCHS)
+    if args.quick:  # in this process: starting worker interpreters would dominate
+        return _degradation(
+            args,
+            depths=QUICK_DEPTHS,
+            epochs=QUICK_EPOCHS,
+            workers=args.workers or 1,
+            threads=1,
+            dataset="mnist1d",
+            root=None,
+        )
     return _degradation(
-        args, depths=depths, epochs=epochs, workers=args.workers, dataset="mnist1d", root=None
+        args,
+        depths=DEMO_DEPTHS,
+        epochs=DEMO_EPOCHS,
+        workers=args.workers,
+        dataset="mnist1d",
+        root=None,
     )
 
 
@@ -310,13 +324,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from skipkit.data import DATASETS, get_dataset
     from skipkit.train import TrainConfig, Trainer, seed_everything
 
-    if not models.is_registered(args.model):
-        models.create(args.model)  # raises the ValueError with close matches
     key = args.dataset.lower().replace("-", "").replace("_", "")
-    data_kw: dict[str, Any] = {}
-    if key in ("cifar10", "cifar100"):
-        data_kw = {"augment": args.augment, "download": args.download}
-    train, test = get_dataset(args.dataset, root=args.data_dir, **data_kw)
+    if key not in DATASETS:
+        raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
     spec = DATASETS[key]
     cfg = TrainConfig(
         epochs=args.epochs,
@@ -342,6 +352,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         quiet=args.quiet,
     )
+    # build the model before loading data, so a bad model option fails at once
     seed_everything(cfg.seed)
     model_kw: dict[str, Any] = {
         "num_classes": spec.num_classes,
@@ -350,10 +361,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "skip": not args.no_skip,
     }
     model_kw.update(dict(args.model_arg))
+    if not models.is_registered(args.model):
+        models.create(args.model)  # raises the ValueError with close matches
     try:
         model = models.create(args.model, **model_kw)
     except TypeError as exc:
         raise ValueError(f"cannot build {args.model} for {args.dataset}: {exc}") from exc
+    data_kw: dict[str, Any] = {}
+    if key in ("cifar10", "cifar100"):
+        data_kw = {"augment": args.augment, "download": args.download}
+    train, test = get_dataset(key, root=args.data_dir, **data_kw)
     trainer = Trainer(model, train, test, cfg)
     hist = trainer.fit()
     if trainer.dist.is_main:

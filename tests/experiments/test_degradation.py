@@ -74,7 +74,7 @@ def test_result_round_trips_through_json(tmp_path: Path) -> None:
     assert doc["verdict"]["plain_degrades"] is True
     assert DegradationResult.load(path) == res
     table = format_table(res)
-    assert "plain-56" in table and "30.0%" in table
+    assert "plain-56" in table and "30.00%" in table
 
 
 def test_run_degradation_in_process(tmp_path: Path) -> None:

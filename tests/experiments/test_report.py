@@ -68,7 +68,7 @@ def test_report_sections_are_self_contained_and_escaped(tmp_path: Path) -> None:
 
 def test_degradation_report_explains_the_numbers() -> None:
     page = degradation_report(_result(p56=0.4)).to_html()
-    assert "plain-56 ends at <b>40.0%</b>" in page
+    assert "plain-56 ends at <b>40.00%</b>" in page
     assert "The degradation problem shows" in page
     assert page.count("data:image/png;base64,") == 2
     assert "residual-56" in page and "He et al." in page

@@ -28,7 +28,7 @@ from torch import nn
 
 from skipkit.data import DATASETS, get_dataset
 from skipkit.train import TrainConfig, Trainer, seed_everything
-from skipkit.train.checkpoint import atomic_write_text
+from skipkit.train.checkpoint import atomic_write_text, remove_run_files
 
 __all__ = [
     "DegradationResult",
@@ -44,7 +44,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ModelRun:
-    """One trained network: final errors (fractions in [0, 1]) and per-epoch curves."""
+    """One trained network: final errors (fractions in [0, 1]) and per-epoch curves.
+
+    ``train_error``/``train_loss`` are those of the final model on the whole training set
+    (evaluation mode); ``train_curve`` is the running error of every epoch as in He et al.'s
+    figures, so its last point can sit slightly above ``train_error``.
+    """
 
     name: str
     depth: int
@@ -165,8 +170,16 @@ class _Job:
 
 def _train_one(job: _Job) -> ModelRun:
     """Train one network; runs in a worker process or in the caller's."""
+    threads = torch.get_num_threads()
     if job.threads > 0:
         torch.set_num_threads(job.threads)
+    try:
+        return _fit(job)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _fit(job: _Job) -> ModelRun:
     t0 = time.perf_counter()
     train, test = get_dataset(job.dataset, root=job.root)
     cfg = TrainConfig.from_dict(job.config)
@@ -175,15 +188,15 @@ def _train_one(job: _Job) -> ModelRun:
     model = build_model(job.depth, skip=job.skip, dataset=job.dataset)
     trainer = Trainer(model, train, test, cfg)
     hist = trainer.fit()
-    last = hist[-1]
+    final = trainer.evaluate(train)
     return ModelRun(
         name=job.name,
         depth=job.depth,
         skip=job.skip,
         params=sum(p.numel() for p in model.parameters()),
-        train_error=last["train_error"],
-        test_error=last["test_error"],
-        train_loss=last["train_loss"],
+        train_error=final["error"],
+        test_error=hist[-1]["test_error"],
+        train_loss=final["loss"],
         train_curve=[r["train_error"] for r in hist],
         test_curve=[r["test_error"] for r in hist],
         seconds=time.perf_counter() - t0,
@@ -204,6 +217,7 @@ def run_degradation(
     seed: int = 0,
     out_dir: str | os.PathLike[str] | None = None,
     workers: int | None = None,
+    threads: int | None = None,
     device: str | None = None,
     resume: bool = False,
     progress: bool = False,
@@ -221,6 +235,8 @@ def run_degradation(
             and the result goes to ``out_dir/results.json``; ``None`` uses a temporary folder.
         workers: parallel worker processes; ``None`` means one per CPU core (at most one per
             run) on CPU and 1 on CUDA. ``1`` trains in this process.
+        threads: torch threads per run; ``None`` shares the cores among the workers (and
+            keeps torch's setting when training in this process).
         resume: continue interrupted runs from their checkpoints.
         progress: show one progress bar over all epochs of all runs.
 
@@ -238,7 +254,10 @@ def run_degradation(
         workers = 1 if on_cuda else max(1, min(len(jobs_spec), cores))
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    threads = 0 if workers == 1 else max(1, cores // workers)
+    if threads is None:
+        threads = 0 if workers == 1 else max(1, cores // workers)
+    elif threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skipkit-degradation-") as tmp:
@@ -322,6 +341,8 @@ class _Worker:
         folder.mkdir(parents=True, exist_ok=True)
         self.job_file, self.result_file = folder / "job.json", folder / "result.json"
         self.result_file.unlink(missing_ok=True)
+        if not job.config["resume"]:
+            remove_run_files(folder)  # the progress bar must not count an old run's epochs
         atomic_write_text(self.job_file, json.dumps(asdict(job)))
         self.log_file = folder / "worker.log"
         env = dict(os.environ)
@@ -358,8 +379,8 @@ def _worker_main() -> None:
 
 def _log_done(run: ModelRun, n: int, total: int, bar: _Progress | None) -> None:
     msg = (
-        f"[{n}/{total}] {run.name:<12} train error {100 * run.train_error:5.1f}%  "
-        f"test error {100 * run.test_error:5.1f}%  ({run.seconds:.0f}s)"
+        f"[{n}/{total}] {run.name:<12} train error {100 * run.train_error:6.2f}%  "
+        f"test error {100 * run.test_error:6.2f}%  ({run.seconds:.0f}s)"
     )
     if bar is not None:
         bar.write(msg)
@@ -399,7 +420,7 @@ def format_table(result: DegradationResult) -> str:
     lines = [f"{'model':<14}{'params':>9}{'train err':>11}{'test err':>10}{'time':>8}"]
     for r in result.runs:
         lines.append(
-            f"{r.name:<14}{r.params:>9,}{100 * r.train_error:>10.1f}%"
-            f"{100 * r.test_error:>9.1f}%{r.seconds:>7.0f}s"
+            f"{r.name:<14}{r.params:>9,}{100 * r.train_error:>10.2f}%"
+            f"{100 * r.test_error:>9.2f}%{r.seconds:>7.0f}s"
         )
     return "\n".join(lines)

@@ -41,6 +41,8 @@ __all__ = [
     "write_degradation_report",
 ]
 
+_DATASET_NAMES = {"mnist1d": "MNIST-1D", "cifar10": "CIFAR-10", "cifar100": "CIFAR-100"}
+
 # plain nets in warm colours, residual nets in cool ones; darker = deeper
 _PLAIN = ("#f4a582", "#d6604d", "#b2182b", "#67001f")
 _RESIDUAL = ("#92c5de", "#4393c3", "#2166ac", "#053061")
@@ -155,6 +157,7 @@ figcaption{color:#5b6473;font-size:14px;text-align:center;margin-top:4px}
 table{border-collapse:collapse;margin:10px 0;font-variant-numeric:tabular-nums;width:100%}
 th,td{padding:6px 12px;border-bottom:1px solid #e3e6eb;text-align:right}
 th:first-child,td:first-child{text-align:left}
+table.narrow{width:auto;min-width:320px}
 th{background:#f0f2f5;font-weight:600}
 tr.plain td:first-child{border-left:4px solid #b2182b}
 tr.residual td:first-child{border-left:4px solid #2166ac}
@@ -170,15 +173,20 @@ def html_table(
     rows: Sequence[Sequence[Any]],
     *,
     row_classes: Sequence[str] | None = None,
+    css_class: str | None = None,
 ) -> str:
-    """An HTML table; cell values are converted with ``str`` and escaped."""
+    """An HTML table; cell values are converted with ``str`` and escaped.
+
+    ``css_class="narrow"`` sizes the table to its content instead of the page width.
+    """
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = []
     for i, row in enumerate(rows):
         cls = f' class="{html.escape(row_classes[i])}"' if row_classes else ""
         cells = "".join(f"<td>{html.escape(str(v))}</td>" for v in row)
         body.append(f"<tr{cls}>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    cls = f' class="{html.escape(css_class)}"' if css_class else ""
+    return f"<table{cls}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 # ------------------------------------------------------------------------------------ figures
@@ -190,6 +198,7 @@ def plot_degradation(result: DegradationResult) -> Figure:
     Solid lines: training error; dashed: test error. One shared y-axis, in percent.
     """
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
@@ -216,6 +225,7 @@ def plot_degradation(result: DegradationResult) -> Figure:
             )
         ax.set_title(f"{kind.capitalize()} networks", fontsize=13)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=9)
         ax.set_ylim(bottom=0)
@@ -276,10 +286,12 @@ def degradation_report(
     """
     figs = figures if figures is not None else degradation_figures(result)
     lo, hi = min(result.depths), max(result.depths)
+    data = _DATASET_NAMES.get(result.dataset, result.dataset)
+    depths = ", ".join(map(str, result.depths))
     report = Report(
         "The degradation problem: plain vs residual networks",
-        subtitle=f"{result.dataset} · depths {', '.join(map(str, result.depths))} · "
-        f"{result.config.get('epochs')} epochs · {result.seconds / 60:.1f} min",
+        subtitle=f"{data} · depths {depths} · {result.config.get('epochs')} epochs · "
+        f"{result.seconds / 60:.1f} min",
     )
     report.add_section("What this experiment shows", _explanation(result, lo, hi))
     report.add_section(
@@ -289,7 +301,7 @@ def degradation_report(
         "below or above the shallower one?</p>",
         [
             (
-                f"Error per epoch on {result.dataset}: plain networks (left), residual (right)",
+                f"Error per epoch on {data}: plain networks (left), residual (right)",
                 figs["degradation.png"],
             )
         ],
@@ -323,8 +335,13 @@ def degradation_report(
     )
     report.add_section(
         "Final errors",
-        table + "<p>Errors after the last epoch. The training error is averaged over the last "
-        "epoch while the weights were still moving, as in the paper's curves.</p>",
+        table + "<p>The training error here is that of the final network on the whole "
+        "training set; the curves above show the running error during each epoch, so their "
+        "last point can be slightly higher. MNIST-1D has 4000 training and 1000 test "
+        "examples: 0.1% of the training set is 4 examples.</p>"
+        if result.dataset == "mnist1d"
+        else table + "<p>The training error here is that of the final network on the whole "
+        "training set; the curves above show the running error during each epoch.</p>",
         [("Final training (solid) and test (hatched) error", figs["final_errors.png"])],
     )
     report.add_section("Settings", _settings(result))
@@ -352,7 +369,7 @@ def _explanation(result: DegradationResult, lo: int, hi: int) -> str:
     verdict = result.verdict()
 
     def pct(r: ModelRun) -> str:
-        return f"{100 * r.train_error:.1f}%"
+        return f"{100 * r.train_error:.2f}%"
 
     seen = (
         f"<p><b>In this run:</b> plain-{hi} ends at <b>{pct(p_hi)}</b> training error against "
@@ -378,6 +395,7 @@ def _explanation(result: DegradationResult, lo: int, hi: int) -> str:
 def _settings(result: DegradationResult) -> str:
     cfg = result.config
     keys = (
+        "dataset",
         "optimizer",
         "lr",
         "momentum",
@@ -386,11 +404,10 @@ def _settings(result: DegradationResult) -> str:
         "schedule",
         "epochs",
         "seed",
-        "amp",
-        "device",
     )
-    rows = [[k, cfg.get(k)] for k in keys if k in cfg]
-    return html_table(["setting", "value"], rows) + (
+    values = {**cfg, "dataset": _DATASET_NAMES.get(result.dataset, result.dataset)}
+    rows = [[k.replace("_", " "), values[k]] for k in keys if k in values]
+    return html_table(["setting", "value"], rows, css_class="narrow") + (
         "<p>The recipe of He et al. for CIFAR (SGD with momentum 0.9, weight decay 1e-4, "
         "batch 128, learning rate 0.1) with a one-cycle schedule in place of 182 epochs of "
         "step decay. Shortcuts are the paper's option A: identity, or subsample and zero-pad "

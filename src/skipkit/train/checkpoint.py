@@ -33,6 +33,7 @@ __all__ = [
     "encode_state",
     "load_weights",
     "read_checkpoint",
+    "remove_run_files",
     "save_weights",
     "write_checkpoint",
 ]
@@ -178,6 +179,28 @@ def write_checkpoint(
         if p not in (model_file, state_file):
             p.unlink(missing_ok=True)
     return index
+
+
+RUN_FILES = ("checkpoint.json", "metrics.csv", "metrics.json", "model.safetensors")
+
+
+def remove_run_files(out_dir: str | os.PathLike[str]) -> list[Path]:
+    """Delete what a previous run wrote to ``out_dir`` (its checkpoint, metrics, weights).
+
+    A fresh run in an old folder must not leave the old checkpoint behind: a later
+    ``resume`` would continue the wrong run. Other files are left alone.
+
+    Returns:
+        the removed paths.
+    """
+    out = Path(out_dir)
+    removed = [out / n for n in RUN_FILES if (out / n).is_file()]
+    folder = out / "checkpoints"
+    if folder.is_dir():
+        removed += [p for p in folder.iterdir() if p.name.endswith((".safetensors", ".tmp"))]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
 
 
 def read_checkpoint(

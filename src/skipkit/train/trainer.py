@@ -37,6 +37,7 @@ from tqdm import tqdm
 from skipkit.train.checkpoint import (
     atomic_write_text,
     read_checkpoint,
+    remove_run_files,
     save_weights,
     write_checkpoint,
 )
@@ -169,8 +170,11 @@ class Trainer:
             the history: one dict per epoch with the keys of :data:`METRIC_FIELDS`.
         """
         cfg = self.config
-        if cfg.resume and self.out_dir is not None:
-            self.load_checkpoint(self.out_dir)
+        if self.out_dir is not None:
+            if cfg.resume:
+                self.load_checkpoint(self.out_dir)
+            elif self.dist.is_main and remove_run_files(self.out_dir):
+                log.info("fresh run in %s: removed the previous run's files", self.out_dir)
         for cb in self.callbacks:
             cb.on_train_start(self)
         for epoch in range(self.epoch, cfg.epochs):
