@@ -251,6 +251,10 @@ def main() -> None:
         note = ("ok" if ok else "MISSED") if m in judged else "(not judged)"
         verdicts += [ok] if m in judged else []
         print(f"  {m:<22} {ratio:6.3f}   target <= {target}   {note}")
+        if m.endswith("_s"):  # the same round's two steps ran back to back: less drift
+            pairs = zip(rows["skipkit"][m], rows["torchvision"][m], strict=True)
+            paired = statistics.median(a / b for a, b in pairs)
+            print(f"  {m + ' (paired)':<22} {paired:6.3f}   median of per-round ratios")
     print("all targets met" if all(verdicts) else "some targets missed")
     if args.json:
         with open(args.json, "w") as f:

@@ -289,3 +289,16 @@ def test_memory_efficient_under_cpu_autocast_falls_back_to_checkpointing() -> No
         out_b, gx_b = _train_step(b, x, 0)
     torch.testing.assert_close(out_b, out_a)
     torch.testing.assert_close(gx_b, gx_a)
+
+
+def test_memory_efficient_training_uses_the_one_tensor_layer_function() -> None:
+    block = _dense_block(2, True).train()
+    out = block(torch.randn(2, 5, 6, 6, requires_grad=True))
+    todo, seen = [out.grad_fn], set()
+    while todo:  # every node of the backward graph
+        node = todo.pop()
+        if node is not None and node not in seen:
+            seen.add(node)
+            todo += [n for n, _ in node.next_functions]
+    kinds = [type(node).__name__ for node in seen]
+    assert kinds.count("_DenseLayerFunctionBackward") == 3, kinds  # one per layer
