@@ -152,6 +152,11 @@ def _demo_parser(sub: Any) -> None:
         help=f"a seconds-long smoke run (depths {QUICK_DEPTHS}, {QUICK_EPOCHS} epochs)",
     )
     p.add_argument("--workers", type=_positive_int, default=None, help="parallel processes")
+    p.add_argument(
+        "--no-diagnostics",
+        action="store_true",
+        help="leave the gradient-flow and loss-landscape sections out of the report",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_demo)
 
@@ -171,10 +176,15 @@ def _degradation_parser(sub: Any) -> None:
         help="comma-separated depths, each 6n+2 (default: 20,56)",
     )
     _add_data(p)
-    _add_recipe(p, epochs=DEMO_EPOCHS)
+    _add_recipe(p, epochs=30)
     p.add_argument("--out", default="runs/degradation", help="output folder (%(default)s)")
     p.add_argument("--workers", type=_positive_int, default=None, help="parallel processes")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs")
+    p.add_argument(
+        "--diagnostics",
+        action="store_true",
+        help="add gradient-flow and loss-landscape sections to the report",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=_cmd_degradation)
 
@@ -242,6 +252,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             threads=1,
             dataset="mnist1d",
             root=None,
+            diagnostics=not args.no_diagnostics,
+            quick=True,
         )
     return _degradation(
         args,
@@ -250,6 +262,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         workers=args.workers,
         dataset="mnist1d",
         root=None,
+        diagnostics=not args.no_diagnostics,
     )
 
 
@@ -271,6 +284,7 @@ def _cmd_degradation(args: argparse.Namespace) -> int:
         workers=args.workers,
         dataset=args.dataset,
         root=args.data_dir,
+        diagnostics=args.diagnostics,
         **extra,
     )
 
@@ -283,10 +297,12 @@ def _degradation(
     workers: int | None,
     dataset: str,
     root: str | None,
+    diagnostics: bool = False,
+    quick: bool = False,
     **kw: Any,
 ) -> int:
     from skipkit.experiments import check_depth, format_table, run_degradation
-    from skipkit.experiments.report import write_degradation_report
+    from skipkit.experiments.report import Report, write_degradation_report
 
     if not depths:
         raise ValueError("give at least one depth, e.g. --depths 20,56")
@@ -305,7 +321,19 @@ def _degradation(
         progress=not args.quiet and sys.stderr.isatty(),
         **kw,
     )
-    report = write_degradation_report(result, out)
+    extend = None
+    sections = _diagnostics_sections() if diagnostics else None
+    if sections is not None:
+        _say(args, "measuring gradient flow and loss landscapes")
+
+        def extend(report: Report) -> None:
+            found = sections(
+                out, depths=result.depths, dataset=dataset, seed=kw.get("seed", 0), quick=quick
+            )
+            for s in found:  # before the settings, which stay last
+                report.add_section(s.title, s.html, s.images, index=len(report.sections) - 1)
+
+    report = write_degradation_report(result, out, extend=extend)
     _echo(format_table(result))
     if len(result.depths) > 1:
         v = result.verdict()
@@ -317,6 +345,17 @@ def _degradation(
         )
     _echo(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
     return 0
+
+
+def _diagnostics_sections() -> Callable[..., Any] | None:
+    """``skipkit.diagnostics.sections.report_sections`` when that module is installed."""
+    try:
+        from skipkit.diagnostics.sections import report_sections
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and "skipkit.diagnostics.sections".startswith(exc.name):
+            return None
+        raise
+    return report_sections
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
