@@ -450,6 +450,8 @@ class DenseBlock(SkipModule):
     Args:
         make_layer: ``make_layer(in_channels, growth) -> nn.Module`` mapping
             ``(N, in_channels, *S) -> (N, growth, *S)``; :class:`DenseLayer` by default.
+            It is kept on the block, so pass a module-level function or a
+            ``functools.partial`` (not a lambda) if the model must pickle.
         num_layers: how many layers.
         growth: channels each layer adds (``k``).
         in_channels: input channels; when ``None`` the layers are built at the first forward
