@@ -38,7 +38,7 @@ import os, signal, sys
 import torch
 from torch import nn
 from skipkit.data import synthetic
-from skipkit.train import Callback, Trainer, TrainConfig, seed_everything, save_weights
+from skipkit.train import Callback, Trainer, TrainConfig, seed_everything, save_weights, teardown
 
 
 def make_model(bn=True):
@@ -85,6 +85,7 @@ if __name__ == "__main__":
             trainer = Trainer(make_model(bn=bn), train, test, cfg)
             trainer.fit()
             save_weights(trainer.model, f"{out}/{name}-rank{rank}.safetensors")
+        teardown()
 """
 
 

@@ -361,7 +361,7 @@ def _diagnostics_sections() -> Callable[..., Any] | None:
 def _cmd_train(args: argparse.Namespace) -> int:
     import skipkit.models as models
     from skipkit.data import DATASETS, get_dataset
-    from skipkit.train import TrainConfig, Trainer, seed_everything
+    from skipkit.train import TrainConfig, Trainer, seed_everything, teardown
 
     key = args.dataset.lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
@@ -412,6 +412,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     train, test = get_dataset(key, root=args.data_dir, **data_kw)
     trainer = Trainer(model, train, test, cfg)
     hist = trainer.fit()
+    teardown()
     if trainer.dist.is_main:
         last = hist[-1]
         _echo(

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from skipkit.train.checkpoint import load_weights, save_weights
 from skipkit.train.config import TrainConfig, lr_factor
+from skipkit.train.distributed import teardown
 from skipkit.train.trainer import METRIC_FIELDS, Callback, Trainer, seed_everything
 
 __all__ = [
@@ -26,4 +27,5 @@ __all__ = [
     "lr_factor",
     "save_weights",
     "seed_everything",
+    "teardown",
 ]

@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "all_reduce_sum", "broadcast_buffers", "setup"]
+__all__ = ["DistInfo", "all_reduce_sum", "broadcast_buffers", "setup", "teardown"]
 
 
 @dataclass(frozen=True)
@@ -48,6 +48,16 @@ def setup(device: torch.device) -> DistInfo:
             torch.cuda.set_device(device)
         dist.init_process_group(backend=backend, rank=rank, world_size=world)
     return DistInfo(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local)
+
+
+def teardown() -> None:
+    """Leave the process group (after a barrier) if one was joined; call once, at the end.
+
+    Without it a process that finishes first can tear the group down under the others.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def all_reduce_sum(t: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -267,7 +267,7 @@ class Trainer:
         """Mean loss and error (fraction misclassified) of the model on ``data``.
 
         Under DDP each process evaluates every ``world_size``-th item and the sums are
-        combined, so every item counts exactly once.
+        combined, so every item counts exactly once; every process must call it.
         """
         was_training = self.model.training
         self.model.eval()
@@ -335,7 +335,8 @@ class Trainer:
         """
         found = read_checkpoint(out_dir)
         if found is None:
-            log.info("no checkpoint in %s; starting from scratch", out_dir)
+            if self._show:
+                log.info("no checkpoint in %s; starting from scratch", out_dir)
             return False
         epoch, weights, state = found
         self.model.load_state_dict(weights)
