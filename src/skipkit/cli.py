@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["EXTENSIONS", "build_parser", "main"]
+__all__ = ["EXTENSIONS", "build_parser", "echo", "key_value", "main", "positive_int", "say"]
 
 EXTENSIONS = ("skipkit.diagnostics.cli",)
 """Modules whose ``add_parsers(subparsers)`` adds subcommands (skipped when absent)."""
@@ -58,7 +58,8 @@ def _int_list(text: str) -> list[int]:
         ) from None
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (shared with the subcommands of :data:`EXTENSIONS`)."""
     try:
         value = int(text)
     except ValueError:
@@ -68,7 +69,8 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _key_value(text: str) -> tuple[str, Any]:
+def key_value(text: str) -> tuple[str, Any]:
+    """argparse type: ``KEY=VALUE`` with a Python literal (or a bare word) as the value."""
     key, sep, raw = text.partition("=")
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. shortcut=B), got {text!r}")
@@ -84,8 +86,8 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 def _add_recipe(p: argparse.ArgumentParser, *, epochs: int) -> None:
     g = p.add_argument_group("training recipe (defaults: He et al.'s CIFAR ResNet recipe)")
-    g.add_argument("--epochs", type=_positive_int, default=epochs, help="default: %(default)s")
-    g.add_argument("--batch-size", type=_positive_int, default=128, help="default: %(default)s")
+    g.add_argument("--epochs", type=positive_int, default=epochs, help="default: %(default)s")
+    g.add_argument("--batch-size", type=positive_int, default=128, help="default: %(default)s")
     g.add_argument("--lr", type=float, default=0.1, help="peak learning rate (%(default)s)")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (%(default)s)")
     g.add_argument("--weight-decay", type=float, default=1e-4, help="default: %(default)s")
@@ -151,7 +153,7 @@ def _demo_parser(sub: Any) -> None:
         action="store_true",
         help=f"a seconds-long smoke run (depths {QUICK_DEPTHS}, {QUICK_EPOCHS} epochs)",
     )
-    p.add_argument("--workers", type=_positive_int, default=None, help="parallel processes")
+    p.add_argument("--workers", type=positive_int, default=None, help="parallel processes")
     p.add_argument(
         "--no-diagnostics",
         action="store_true",
@@ -178,7 +180,7 @@ def _degradation_parser(sub: Any) -> None:
     _add_data(p)
     _add_recipe(p, epochs=30)
     p.add_argument("--out", default="runs/degradation", help="output folder (%(default)s)")
-    p.add_argument("--workers", type=_positive_int, default=None, help="parallel processes")
+    p.add_argument("--workers", type=positive_int, default=None, help="parallel processes")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs")
     p.add_argument(
         "--diagnostics",
@@ -201,7 +203,7 @@ def _train_parser(sub: Any) -> None:
     p.add_argument("--no-skip", action="store_true", help="build the plain twin (skip=False)")
     p.add_argument(
         "--model-arg",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -310,7 +312,7 @@ def _degradation(
         check_depth(d)
     t0 = time.perf_counter()
     out = Path(args.out)
-    _say(args, f"training {2 * len(depths)} networks ({epochs} epochs each) -> {out}")
+    say(args, f"training {2 * len(depths)} networks ({epochs} epochs each) -> {out}")
     result = run_degradation(
         depths,
         dataset=dataset,
@@ -324,7 +326,7 @@ def _degradation(
     extend = None
     sections = _diagnostics_sections() if diagnostics else None
     if sections is not None:
-        _say(args, "measuring gradient flow and loss landscapes")
+        say(args, "measuring gradient flow and loss landscapes")
 
         def extend(report: Report) -> None:
             found = sections(
@@ -334,16 +336,16 @@ def _degradation(
                 report.add_section(s.title, s.html, s.images, index=len(report.sections) - 1)
 
     report = write_degradation_report(result, out, extend=extend)
-    _echo(format_table(result))
+    echo(format_table(result))
     if len(result.depths) > 1:
         v = result.verdict()
         shown = v["plain_degrades"] and v["residual_holds"]
-        _echo(
+        echo(
             "degradation shown: deeper plain net trains worse, residual twin does not"
             if shown
             else "degradation not shown in this run (see the report)"
         )
-    _echo(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
+    echo(f"report: {report}  ({time.perf_counter() - t0:.0f} s)")
     return 0
 
 
@@ -415,7 +417,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     teardown()
     if trainer.dist.is_main:
         last = hist[-1]
-        _echo(
+        echo(
             f"{args.model}{' (plain)' if args.no_skip else ''}: train error "
             f"{100 * last['train_error']:.2f}%, test error {100 * last['test_error']:.2f}% "
             f"after {int(last['epoch'])} epochs; weights: {Path(args.out) / 'model.safetensors'}"
@@ -429,16 +431,17 @@ def _cmd_models(args: argparse.Namespace) -> int:
     names = models.list_models(args.pattern)
     if not names:
         raise ValueError(f"no registered model matches {args.pattern!r}")
-    _echo("\n".join(names))
+    echo("\n".join(names))
     return 0
 
 
-def _say(args: argparse.Namespace, text: str) -> None:
+def say(args: argparse.Namespace, text: str) -> None:
+    """A progress message on stderr, unless ``--quiet``."""
     if not getattr(args, "quiet", False):
-        _echo(text, err=True)
+        echo(text, err=True)
 
 
-def _echo(text: str, *, err: bool = False) -> None:
+def echo(text: str, *, err: bool = False) -> None:
     """The command's output: results on stdout, messages on stderr."""
     stream = sys.stderr if err else sys.stdout
     stream.write(text + "\n")
@@ -467,10 +470,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.traceback:
             raise
         message = " ".join(str(exc).split()) or type(exc).__name__
-        _echo(f"skipkit: error: {message}", err=True)
+        echo(f"skipkit: error: {message}", err=True)
         return 2
     except KeyboardInterrupt:
-        _echo("skipkit: interrupted", err=True)
+        echo("skipkit: interrupted", err=True)
         return 130
 
 

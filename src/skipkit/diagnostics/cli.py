@@ -25,33 +25,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from skipkit.cli import echo, key_value, positive_int, say
+
 __all__ = ["add_parsers"]
 
 
 # ----------------------------------------------------------------------------- argument kinds
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
-
-
-def _key_value(text: str) -> tuple[str, Any]:
-    import ast
-
-    key, sep, raw = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. shortcut=B), got {text!r}")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key, value
 
 
 def _add_model(p: argparse.ArgumentParser, *, several: bool = False) -> None:
@@ -74,7 +53,7 @@ def _add_model(p: argparse.ArgumentParser, *, several: bool = False) -> None:
         g.add_argument("--no-skip", action="store_true", help="the plain twin (skip=False)")
     g.add_argument(
         "--model-arg",
-        type=_key_value,
+        type=key_value,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -94,7 +73,7 @@ def _add_data(p: argparse.ArgumentParser, *, examples: int, what: str) -> None:
     g.add_argument("--data-dir", default=None, help="CIFAR folder / MNIST-1D cache folder")
     g.add_argument(
         "--examples",
-        type=_positive_int,
+        type=positive_int,
         default=examples,
         help=f"{what} (%(default)s, drawn from the training set with --seed)",
     )
@@ -136,7 +115,7 @@ def add_parsers(sub: Any) -> None:
     _add_data(p, examples=1000, what="training examples the loss is averaged over")
     g = p.add_argument_group("grid")
     g.add_argument("--dims", type=int, choices=(1, 2), default=2, help="1 or 2 (%(default)s)")
-    g.add_argument("--steps", type=_positive_int, default=21, help="points per axis (21)")
+    g.add_argument("--steps", type=positive_int, default=21, help="points per axis (21)")
     g.add_argument(
         "--span",
         type=float,
@@ -153,7 +132,7 @@ def add_parsers(sub: Any) -> None:
         metavar=("A", "B"),
         help="two weight files of the model: the 1-D line from A to B instead",
     )
-    g.add_argument("--batch-size", type=_positive_int, default=500, help="(%(default)s)")
+    g.add_argument("--batch-size", type=positive_int, default=500, help="(%(default)s)")
     p.add_argument(
         "--train-epochs",
         type=int,
@@ -175,14 +154,14 @@ def add_parsers(sub: Any) -> None:
     )
     _add_model(p)
     _add_data(p, examples=128, what="batch size of the measured pass")
-    p.add_argument("--block", type=_positive_int, default=2, help="layers per skip (2)")
+    p.add_argument("--block", type=positive_int, default=2, help="layers per skip (2)")
     p.add_argument(
         "--min-decades",
         type=float,
         default=1.5,
         help="gradient-signal change that marks a span unhealthy (%(default)s)",
     )
-    p.add_argument("--max", type=_positive_int, default=None, help="keep the N best suggestions")
+    p.add_argument("--max", type=positive_int, default=None, help="keep the N best suggestions")
     p.add_argument(
         "--validate-epochs",
         type=int,
@@ -190,23 +169,12 @@ def add_parsers(sub: Any) -> None:
         help="train the model as it is and with the advice applied for N epochs on "
         "--validate-examples training examples, and compare training errors (0: skip)",
     )
-    p.add_argument("--validate-examples", type=_positive_int, default=512, help="(512)")
+    p.add_argument("--validate-examples", type=positive_int, default=512, help="(512)")
     _add_common(p, "runs/advise")
     p.set_defaults(func=_cmd_advise)
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def _echo(text: str) -> None:
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
-
-
-def _say(args: argparse.Namespace, text: str) -> None:
-    if not args.quiet:
-        sys.stderr.write(text + "\n")
-        sys.stderr.flush()
 
 
 def _device(name: str | None) -> torch.device:
@@ -289,7 +257,7 @@ def _cmd_gradflow(args: argparse.Namespace) -> int:
     for name in names:
         for skip in skips:
             model = _build(args, name, skip, spec, device)
-            _say(args, f"measuring {_label(name, skip)}")
+            say(args, f"measuring {_label(name, skip)}")
             flows.append(
                 gradient_flow(
                     model, batch, nn.CrossEntropyLoss(), ranks=args.ranks, name=_label(name, skip)
@@ -299,13 +267,13 @@ def _cmd_gradflow(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     _write_json(out / "gradflow.json", {"flows": [f.to_dict() for f in flows]})
     plot_gradient_flow(flows, out / "gradflow.png")
-    _echo(f"{'model':<24}{'layers':>7}{'‖∂L/∂a‖ first':>15}{'last':>10}{'decades':>9}")
+    echo(f"{'model':<24}{'layers':>7}{'‖∂L/∂a‖ first':>15}{'last':>10}{'decades':>9}")
     for f in flows:
         g = [v for v in f.column("act_grad_norm") if math.isfinite(v) and v > 0]
         decades = math.log10(g[0] / g[-1]) if len(g) > 1 else math.nan
         first, last = (g[0], g[-1]) if g else (math.nan, math.nan)
-        _echo(f"{f.name:<24}{len(f.layers):>7}{first:>15.3g}{last:>10.3g}{decades:>9.2f}")
-    _echo(f"wrote {out / 'gradflow.json'} and {out / 'gradflow.png'}")
+        echo(f"{f.name:<24}{len(f.layers):>7}{first:>15.3g}{last:>10.3g}{decades:>9.2f}")
+    echo(f"wrote {out / 'gradflow.json'} and {out / 'gradflow.png'}")
     return 0
 
 
@@ -330,7 +298,7 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
         from skipkit.train import TrainConfig, Trainer
 
         if main:
-            _say(args, f"training {args.model} for {args.train_epochs} epochs first")
+            say(args, f"training {args.model} for {args.train_epochs} epochs first")
         cfg = TrainConfig(epochs=args.train_epochs, seed=args.seed, quiet=args.quiet)
         Trainer(model, train, None, cfg, device=str(device)).fit()
     x, y = _subset(train, args.examples, args.seed)
@@ -383,13 +351,13 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
         land.plot(out / "landscape.png")
         s = land.summary()
         extra = f", non-convex share {s['nonconvex']:.0%}" if "nonconvex" in s else ""
-        _echo(
+        echo(
             f"{label}: {land.loss.size} points on {land.meta['examples']} examples in "
             f"{time.perf_counter() - t0:.1f} s ({info.world_size} process(es)); loss at the "
             f"weights {s['origin_loss']:.4g}, range {s['min_loss']:.3g}–{s['max_loss']:.3g}"
             f"{extra}"
         )
-        _echo(f"wrote {out / 'landscape.npz'}, landscape.json and landscape.png")
+        echo(f"wrote {out / 'landscape.npz'}, landscape.json and landscape.png")
     if info.enabled:
         torch.distributed.destroy_process_group()
     return 0
@@ -425,17 +393,17 @@ def _cmd_advise(args: argparse.Namespace) -> int:
         "gradient_flow": flow.to_dict(),
     }
     if not tips:
-        _echo(f"{flow.name}: no skips suggested (the gradient signal is healthy)")
+        echo(f"{flow.name}: no skips suggested (the gradient signal is healthy)")
     else:
-        _echo(f"{flow.name}: {len(tips)} skip(s) suggested")
+        echo(f"{flow.name}: {len(tips)} skip(s) suggested")
         for t in tips:
-            _echo(f"  {t.src} -> {t.dst}  merge={t.merge} shortcut={t.shortcut}  score={t.score}")
-        _echo(f"  why: {tips[0].reason}")
+            echo(f"  {t.src} -> {t.dst}  merge={t.merge} shortcut={t.shortcut}  score={t.score}")
+        echo(f"  why: {tips[0].reason}")
     if args.validate_epochs > 0 and tips:
         doc["validation"] = _validate(args, model, tips, train, x[:2].to(device), device)
     _write_json(out / "advice.json", doc)
     plot_gradient_flow([flow], out / "gradflow.png")
-    _echo(f"wrote {out / 'advice.json'} and {out / 'gradflow.png'}")
+    echo(f"wrote {out / 'advice.json'} and {out / 'gradflow.png'}")
     return 0
 
 
@@ -467,12 +435,12 @@ def _validate(
     )
     errors: dict[str, float] = {}
     for label, net in (("as is", model), ("advised", apply(model, tips, example))):
-        _say(args, f"training the model {label} for {args.validate_epochs} epochs")
+        say(args, f"training the model {label} for {args.validate_epochs} epochs")
         seed_everything(args.seed)
         trainer = Trainer(net, data, None, cfg)
         trainer.fit()
         errors[label] = trainer.evaluate(data)["error"]
-    _echo(
+    echo(
         f"training error after {args.validate_epochs} epochs on {len(data)} examples: "
         f"as is {100 * errors['as is']:.1f}%, advised {100 * errors['advised']:.1f}%"
     )
