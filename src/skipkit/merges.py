@@ -189,6 +189,29 @@ class Concat(Merge):
         return f"out_channels={self.out_channels}, dim={self._dim}"
 
 
+def channel_transform(
+    shape: Sequence[int],
+    layout: Layout | None,
+    *,
+    bias: float,
+    zero_weight: bool = False,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> nn.Module:
+    """A C -> C map on the channel dim of ``shape`` (1×1 conv or ``nn.Linear``), for gates.
+
+    Its bias starts at ``bias``; ``zero_weight`` also zeroes the weight (a closed gate).
+    """
+    lay = resolve_layout(layout, len(shape))
+    c = int(shape[channel_dim(lay, len(shape))])
+    t = pointwise(c, c, ndim=len(shape), layout=lay)
+    assert isinstance(t.weight, torch.Tensor) and isinstance(t.bias, torch.Tensor)
+    nn.init.constant_(t.bias, bias)
+    if zero_weight:
+        nn.init.zeros_(t.weight)
+    return t.to(device=device, dtype=dtype)
+
+
 class Gate(Merge):
     """Highway gate (Srivastava et al. 2015): ``y = T(s)*b + (1 - T(s))*s``.
 
@@ -217,12 +240,9 @@ class Gate(Merge):
     ) -> None:
         self._check(tuple(skip_shape), tuple(branch_shape))
         if self.transform is None:
-            lay = resolve_layout(layout, len(branch_shape))
-            c = branch_shape[channel_dim(lay, len(branch_shape))]
-            t = pointwise(c, c, ndim=len(branch_shape), layout=lay)
-            assert isinstance(t.bias, torch.Tensor)
-            nn.init.constant_(t.bias, self.bias)
-            self.transform = t.to(device=device, dtype=dtype)
+            self.transform = channel_transform(
+                branch_shape, layout, bias=self.bias, device=device, dtype=dtype
+            )
 
     def gate(self, skip: torch.Tensor) -> torch.Tensor:
         """The transform gate ``T(s)`` in (0, 1), shaped like ``skip``."""
@@ -354,5 +374,6 @@ __all__ = [
     "Mul",
     "Scale",
     "WeightedSum",
+    "channel_transform",
     "resolve_merge",
 ]

@@ -37,9 +37,19 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from skipkit.merges import Add, Concat, Gate, Merge, Mul, Scale, WeightedSum, resolve_merge
+from skipkit.merges import (
+    Add,
+    Concat,
+    Gate,
+    Merge,
+    Mul,
+    Scale,
+    WeightedSum,
+    channel_transform,
+    resolve_merge,
+)
 from skipkit.shapes import Layout, ShapeMismatchError, channel_dim, fmt_shape, resolve_layout
-from skipkit.shortcuts import SHORTCUT_KINDS, plan_shortcut, pointwise
+from skipkit.shortcuts import SHORTCUT_KINDS, plan_shortcut
 
 Shape = tuple[int, ...]
 
@@ -122,13 +132,9 @@ class TanhGate(Merge):
     ) -> None:
         self._check(tuple(skip_shape), tuple(branch_shape))
         if self.transform is None:
-            lay = resolve_layout(layout, len(branch_shape))
-            c = int(branch_shape[channel_dim(lay, len(branch_shape))])
-            t = pointwise(c, c, ndim=len(branch_shape), layout=lay)
-            assert isinstance(t.weight, torch.Tensor) and isinstance(t.bias, torch.Tensor)
-            nn.init.zeros_(t.weight)
-            nn.init.zeros_(t.bias)
-            self.transform = t.to(device=device, dtype=dtype)
+            self.transform = channel_transform(
+                branch_shape, layout, bias=0.0, zero_weight=True, device=device, dtype=dtype
+            )
 
     def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if skip.shape != branch.shape:
