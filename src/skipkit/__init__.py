@@ -16,8 +16,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from skipkit import surgery
+from skipkit.errors import CheckpointError, ShapeMismatchError
 from skipkit.merges import Add, Concat, Gate, Merge, Mul, Scale, WeightedSum
-from skipkit.shapes import ShapeMismatchError
 from skipkit.shortcuts import CenterCrop, Resample, ZeroPad, plan_shortcut
 from skipkit.skips import (
     DenseBlock,
@@ -50,6 +50,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Add",
     "CenterCrop",
+    "CheckpointError",
     "Concat",
     "DenseBlock",
     "DenseLayer",

@@ -31,11 +31,11 @@ if int(keras.__version__.split(".")[0]) < 3:  # pragma: no cover - Keras 2 is no
         "pip install skipkit[keras] (or pip install -U 'keras>=3.3')"
     )
 
+from skipkit.errors import ShapeMismatchError
 from skipkit.keras.dense import DenseBlock, dense_layer
 from skipkit.keras.layers import Highway, Residual
 from skipkit.keras.merges import Add, Concat, Gate, Scale
 from skipkit.keras.shortcuts import plan_shortcut
-from skipkit.shapes import ShapeMismatchError
 
 __all__ = [
     "Add",

@@ -12,7 +12,7 @@ from typing import Any
 
 import keras
 
-from skipkit.shapes import ShapeMismatchError
+from skipkit.errors import ShapeMismatchError
 
 Shape = tuple[int | None, ...]
 
