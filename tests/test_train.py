@@ -20,6 +20,8 @@ import safetensors.torch
 import torch
 from torch import nn
 
+from skipkit import CheckpointError
+from skipkit._io import RunFolder, atomic_write_bytes, open_run
 from skipkit.data import synthetic
 from skipkit.train import (
     METRIC_FIELDS,
@@ -30,7 +32,7 @@ from skipkit.train import (
     lr_factor,
     seed_everything,
 )
-from skipkit.train.checkpoint import atomic_write_bytes, read_checkpoint, write_checkpoint
+from skipkit.train.checkpoint import read_checkpoint, write_checkpoint
 
 # The same code runs in this process and in subprocesses (killed runs, torchrun workers).
 SCRIPT = r"""
@@ -134,8 +136,17 @@ def _env() -> dict[str, str]:
         ({"optimizer": "adam"}, "optimizer must be one of sgd, adamw"),
         ({"schedule": "linear"}, "schedule must be one of"),
         ({"amp": "fp8"}, "amp must be one of"),
-        ({"epochs": 0}, "epochs must be positive"),
-        ({"lr": -1.0}, "lr must be positive"),
+        ({"epochs": 0}, r"epochs must be finite and in \[1, inf\); got 0"),
+        ({"lr": -1.0}, r"lr must be finite and in \(0, inf\); got -1.0"),
+        ({"lr": math.inf}, "lr must be finite"),
+        ({"momentum": math.nan}, "momentum must be finite"),
+        ({"momentum": 1.0}, r"momentum must be finite and in \[0, 1\)"),
+        ({"weight_decay": math.nan}, "weight_decay must be finite"),
+        ({"gamma": math.nan}, "gamma must be finite"),
+        ({"grad_clip": -1.0}, r"grad_clip must be finite and in \(0, inf\)"),
+        ({"label_smoothing": -0.5}, r"label_smoothing must be finite and in \[0, 1\)"),
+        ({"on_nan": "ignore"}, "on_nan must be one of stop, skip"),
+        ({"resume": True, "overwrite": True, "out_dir": "x"}, "exclude each other"),
         ({"resume": True}, "needs out_dir"),
         ({"nesterov": True, "optimizer": "adamw"}, "nesterov"),
     ],
@@ -193,8 +204,12 @@ def test_training_learns_and_writes_metrics(tmp_path: Path, mod: dict[str, Any])
     assert ev["error"] == pytest.approx(hist[-1]["test_error"])
     assert not list(tmp_path.rglob("*.tmp"))
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "epoch0002-model.safetensors",
+        "epoch0002-state.safetensors",
+        "epoch0002.json",
         "epoch0003-model.safetensors",
         "epoch0003-state.safetensors",
+        "epoch0003.json",
     ]
 
 
@@ -274,7 +289,7 @@ def test_resume_after_sigkill_is_bit_identical(
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert not (killed / "model.safetensors").exists()
     found = read_checkpoint(killed)
-    assert found is not None and found[0] == 2
+    assert found is not None and found.epoch == 2
 
     with one_thread():
         full = mod["run"](tmp_path / "full")
@@ -315,20 +330,36 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path: Path, mod: dict[str, A
     assert trainer.epoch == 1 and (tmp_path / "new" / "checkpoint.json").is_file()
 
 
-def test_fresh_run_removes_a_previous_checkpoint(tmp_path: Path, mod: dict[str, Any]) -> None:
-    class Stop(Callback):
-        def on_train_start(self, trainer: Trainer) -> None:
-            raise KeyboardInterrupt
-
+def test_fresh_run_refuses_an_earlier_run_and_overwrite_replaces_only_its_files(
+    tmp_path: Path, mod: dict[str, Any]
+) -> None:
     mod["run"](tmp_path, epochs=1)
-    assert read_checkpoint(tmp_path) is not None
+    before = _snapshot(tmp_path)
     train, _ = mod["data"]()
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(mod["make_model"](), train, out_dir=tmp_path, callbacks=[Stop()]).fit()
-    # a later resume must not continue the old run
-    assert read_checkpoint(tmp_path) is None
-    assert not (tmp_path / "metrics.json").exists()
-    assert not list((tmp_path / "checkpoints").iterdir())
+    with pytest.raises(ValueError, match="holds an earlier 'train' run; continue it with --resume"):
+        Trainer(mod["make_model"](), train, out_dir=tmp_path, epochs=1, quiet=True).fit()
+    assert _snapshot(tmp_path) == before  # nothing touched
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "checkpoints" / "keep.txt").write_text("mine too")
+    with pytest.raises(ValueError, match="did not write"):
+        Trainer(mod["make_model"](), train, out_dir=tmp_path, epochs=1, quiet=True).fit()
+    with one_thread():
+        Trainer(
+            mod["make_model"](), train, out_dir=tmp_path, epochs=2, quiet=True, overwrite=True
+        ).fit()
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+    assert (tmp_path / "checkpoints" / "keep.txt").read_text() == "mine too"
+    assert len(json.loads((tmp_path / "metrics.json").read_text())["epochs"]) == 2
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    }
+
+
+def _run_folder(path: Path) -> RunFolder:
+    return open_run(path, "train", resume=True)
 
 
 def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path: Path) -> None:
@@ -342,19 +373,69 @@ def test_atomic_write_failure_keeps_old_file_and_no_temp(tmp_path: Path) -> None
 
 def test_interrupted_checkpoint_leaves_previous_one_valid(tmp_path: Path) -> None:
     model = nn.Linear(3, 2)
-    write_checkpoint(tmp_path, 1, model, {"step": 4, "buf": torch.arange(3)})
-    with pytest.raises(TypeError, match="cannot store object"):
-        write_checkpoint(tmp_path, 2, model, {"step": 8, "bad": object()})
+    with _run_folder(tmp_path) as run:
+        write_checkpoint(run, 1, model, {"step": 4, "buf": torch.arange(3)})
+        with pytest.raises(TypeError, match="cannot store object"):
+            write_checkpoint(run, 2, model, {"step": 8, "bad": object()})
     found = read_checkpoint(tmp_path)
     assert found is not None
-    epoch, weights, state = found
-    assert epoch == 1 and state["step"] == 4 and torch.equal(state["buf"], torch.arange(3))
-    assert torch.equal(weights["weight"], model.weight.detach())
-    write_checkpoint(tmp_path, 3, model, {"step": 12})
+    assert found.epoch == 1 and found.state["step"] == 4 and not found.skipped
+    assert torch.equal(found.state["buf"], torch.arange(3))
+    assert torch.equal(found.weights["weight"], model.weight.detach())
+    with _run_folder(tmp_path) as run:
+        write_checkpoint(run, 3, model, {"step": 12})
+        write_checkpoint(run, 4, model, {"step": 16})
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "epoch0003-model.safetensors",
         "epoch0003-state.safetensors",
+        "epoch0003.json",
+        "epoch0004-model.safetensors",
+        "epoch0004-state.safetensors",
+        "epoch0004.json",
     ]
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["truncate-model", "flip-state", "empty-json", "json-dir", "pipe-json", "drop-model"],
+)
+def test_damaged_newest_checkpoint_falls_back_to_the_previous(tmp_path: Path, damage: str) -> None:
+    model = nn.Linear(3, 2)
+    with _run_folder(tmp_path) as run:
+        write_checkpoint(run, 1, model, {"step": 4})
+        with torch.no_grad():
+            model.weight.add_(1.0)
+        write_checkpoint(run, 2, model, {"step": 8})
+    ck = tmp_path / "checkpoints"
+    if damage == "truncate-model":
+        data = (ck / "epoch0002-model.safetensors").read_bytes()
+        (ck / "epoch0002-model.safetensors").write_bytes(data[: len(data) // 2])
+    elif damage == "flip-state":
+        data = bytearray((ck / "epoch0002-state.safetensors").read_bytes())
+        data[-1] ^= 0xFF
+        (ck / "epoch0002-state.safetensors").write_bytes(bytes(data))
+    elif damage == "empty-json":
+        (ck / "epoch0002.json").write_bytes(b"")
+    elif damage == "json-dir":
+        (ck / "epoch0002.json").unlink()
+        (ck / "epoch0002.json").mkdir()
+    elif damage == "pipe-json":
+        (ck / "epoch0002.json").unlink()
+        os.mkfifo(ck / "epoch0002.json")  # must be refused, never read (it would block)
+    else:
+        (ck / "epoch0002-model.safetensors").unlink()
+    found = read_checkpoint(tmp_path)
+    assert found is not None and found.epoch == 1 and found.state["step"] == 4
+    assert len(found.skipped) == 1 and "epoch 2" in found.skipped[0]
+    assert "epoch0002" in found.skipped[0]
+
+
+def test_no_checkpoint_verifies_raises_checkpoint_error(tmp_path: Path) -> None:
+    with _run_folder(tmp_path) as run:
+        write_checkpoint(run, 1, nn.Linear(3, 2), {"step": 4})
+    (tmp_path / "checkpoints" / "epoch0001-model.safetensors").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match=r"no checkpoint verifies \(epoch 1: .*checksum"):
+        read_checkpoint(tmp_path)
 
 
 def test_optimizer_state_round_trips_exactly(tmp_path: Path) -> None:
@@ -363,11 +444,12 @@ def test_optimizer_state_round_trips_exactly(tmp_path: Path) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=0.01)
     model(torch.randn(4, 3)).sum().backward()
     opt.step()
-    write_checkpoint(tmp_path, 1, model, {"optimizer": opt.state_dict()})
+    with _run_folder(tmp_path) as run:
+        write_checkpoint(run, 1, model, {"optimizer": opt.state_dict()})
     found = read_checkpoint(tmp_path)
     assert found is not None
     opt2 = torch.optim.AdamW(model.parameters(), lr=0.5)
-    opt2.load_state_dict(found[2]["optimizer"])
+    opt2.load_state_dict(found.state["optimizer"])
     a, b = opt.state_dict(), opt2.state_dict()
     assert a["param_groups"][0]["lr"] == b["param_groups"][0]["lr"] == 0.01
     for i in a["state"]:

@@ -2,7 +2,7 @@
 
 ::
 
-    skipkit demo [--quick]              plain vs residual on MNIST-1D -> runs/demo/report.html
+    skipkit demo [--quick]              plain vs residual on MNIST-1D -> runs/demo/<date>/
     skipkit degradation --depths 20,56  the same experiment with every knob
     skipkit train --model resnet20      train one registered model, with checkpoints
     skipkit models [PATTERN]            list the model registry
@@ -10,121 +10,161 @@
 Other modules add subcommands: each module named in :data:`EXTENSIONS` that exists exposes
 ``add_parsers(subparsers)`` and gives every parser it adds ``set_defaults(func=handler)``, where
 ``handler(args) -> int`` returns the exit status. A user mistake (``ValueError``,
-``TypeError``, ``FileNotFoundError``) becomes one ``skipkit: error: ...`` line and status 2;
-``--traceback`` shows the full trace instead.
+``TypeError``, ``FileNotFoundError``) becomes one ``skipkit: error: ...`` line and status 2; a
+non-finite training loss one line and status 3; ``--traceback`` shows the full trace instead.
+
+Every command writes into a run folder (:func:`skipkit._io.open_run`): the default ``--out``
+is a new folder per run; a folder holding an earlier run or foreign files is refused unless
+``--resume`` or ``--overwrite`` says what to do. Parsing and ``--help`` import no torch.
 """
 
 from __future__ import annotations
 
 import argparse
-import ast
 import importlib
 import logging
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
+
+from skipkit._cliargs import (
+    DATASET_NAMES,
+    Formatter,
+    Parser,
+    device,
+    echo,
+    example,
+    int_list,
+    integer,
+    key_value,
+    positive_int,
+    real,
+    say,
+)
 
 __all__ = ["EXTENSIONS", "build_parser", "echo", "key_value", "main", "positive_int", "say"]
 
-EXTENSIONS = ("skipkit.diagnostics.cli",)
+EXTENSIONS = ("skipkit._cli_diagnostics",)
 """Modules whose ``add_parsers(subparsers)`` adds subcommands (skipped when absent)."""
 
 DEMO_DEPTHS = (20, 56)
 DEMO_EPOCHS = 20
 QUICK_DEPTHS = (8, 14)
 QUICK_EPOCHS = 2
+MAX_DEPTH = 1202  # He et al.'s deepest CIFAR net; deeper ones do not fit a laptop's memory
 
 Handler = Callable[[argparse.Namespace], int]
 
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with one-line errors: ``skipkit: error: <what> (see 'skipkit X --help')``."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"skipkit: error: {message} (see '{self.prog} --help')\n")
-
-
-# ------------------------------------------------------------------------------ value parsers
+RESUME_HELP = (
+    "continue the run in --out from its newest checkpoint that verifies; the config, model and "
+    "data must be those of the run (each difference is listed), only --epochs may change, to "
+    "extend the run"
+)
 
 
-def _int_list(text: str) -> list[int]:
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
     try:
-        return [int(v) for v in text.replace(" ", "").split(",") if v]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected comma-separated integers such as 20,56; got {text!r}"
-        ) from None
+        return version("skipkit")
+    except PackageNotFoundError:  # run from a source tree
+        import skipkit
+
+        return str(skipkit.__version__)
 
 
-def positive_int(text: str) -> int:
-    """argparse type: a whole number >= 1 (shared with the subcommands of :data:`EXTENSIONS`)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings: list[str], dest: str, **kw: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
 
-
-def key_value(text: str) -> tuple[str, Any]:
-    """argparse type: ``KEY=VALUE`` with a Python literal (or a bare word) as the value."""
-    key, sep, raw = text.partition("=")
-    if not sep or not key.isidentifier():
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. shortcut=B), got {text!r}")
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw  # a bare word is a string
-    return key, value
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
+        parser.exit(0, f"skipkit {_version()}\n")  # looked up only when asked for
 
 
 # ------------------------------------------------------------------------------------ parsers
 
 
+def add_out(p: argparse.ArgumentParser, command: str, *, resume: str | None = RESUME_HELP) -> None:
+    """``--out``, ``--resume`` (when ``resume`` is its help)/``--overwrite`` and ``--quiet``:
+    the run-folder options."""
+    g = p.add_argument_group("output (a run folder: see docs/guide_training.md)")
+    g.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default: a new folder runs/{command}/<date-time>)",
+    )
+    x = g.add_mutually_exclusive_group()
+    if resume is not None:
+        x.add_argument("--resume", action="store_true", help=resume)
+    else:
+        p.set_defaults(resume=False)
+    x.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in --out: remove the files an earlier run listed in its manifest "
+        "(files skipkit did not write stay)",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+
+
 def _add_recipe(p: argparse.ArgumentParser, *, epochs: int) -> None:
     g = p.add_argument_group("training recipe (defaults: He et al.'s CIFAR ResNet recipe)")
-    g.add_argument("--epochs", type=positive_int, default=epochs, help="default: %(default)s")
-    g.add_argument("--batch-size", type=positive_int, default=128, help="default: %(default)s")
-    g.add_argument("--lr", type=float, default=0.1, help="peak learning rate (%(default)s)")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (%(default)s)")
-    g.add_argument("--weight-decay", type=float, default=1e-4, help="default: %(default)s")
+    g.add_argument(
+        "--epochs",
+        type=integer(1, 100_000),
+        default=epochs,
+        help="passes over the training set; the one setting --resume may change",
+    )
+    g.add_argument("--batch-size", type=integer(1, 65_536), default=128, help="examples per step")
+    g.add_argument("--lr", type=real(0, 10, low_open=True), default=0.1, help="peak learning rate")
+    g.add_argument(
+        "--momentum",
+        type=real(0, 1, high_open=True),
+        default=None,
+        help="SGD momentum (default: 0.9; SGD only)",
+    )
+    g.add_argument("--weight-decay", type=real(0, 1), default=1e-4, help="L2 weight decay")
     g.add_argument(
         "--schedule",
         choices=("onecycle", "cosine", "step", "none"),
         default="onecycle",
-        help="learning-rate schedule (%(default)s)",
+        help="learning-rate schedule",
     )
-    g.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    g.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: CUDA if any)")
-
-
-def _add_data(p: argparse.ArgumentParser) -> None:
-    from skipkit.data import DATASETS
-
-    g = p.add_argument_group("data")
+    g.add_argument("--seed", type=integer(0, 2**32 - 1), default=0, help="init and data order")
     g.add_argument(
-        "--dataset", default="mnist1d", help=f"one of {', '.join(DATASETS)} (%(default)s)"
+        "--device",
+        type=device,
+        default=None,
+        help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)",
     )
+
+
+def add_data(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--dataset`` and ``--data-dir``."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="mnist1d", help=f"one of {', '.join(DATASET_NAMES)}")
     g.add_argument(
         "--data-dir",
         default=None,
-        help="CIFAR: folder holding cifar-10-batches-py/ or cifar-100-python/; "
-        "MNIST-1D: cache folder (default $SKIPKIT_CACHE or ~/.cache/skipkit)",
+        help="CIFAR: folder holding cifar-10-batches-py/ or cifar-100-python/; MNIST-1D: cache "
+        "folder (default: $SKIPKIT_CACHE or ~/.cache/skipkit)",
     )
+    return g
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The full parser, with the subcommands of :data:`EXTENSIONS` that are installed."""
-    parser = _Parser(
+    parser = Parser(
         prog="skipkit",
         description="Skip connections for PyTorch: experiments, training and diagnostics.",
+        formatter_class=Formatter,
+        epilog=example("skipkit demo --quick", "skipkit train --model resnet20 --epochs 5"),
     )
-    parser.add_argument(
-        "--traceback", action="store_true", help="show the full traceback on errors"
-    )
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    parser.add_argument("--traceback", action="store_true", help="show the full trace on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register in (_demo_parser, _degradation_parser, _train_parser, _models_parser):
         register(sub)
@@ -139,33 +179,53 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_parser(sub: Any, name: str, *, examples: Sequence[str], **kw: Any) -> Any:
+    """A subcommand parser with the shared error style, help layout and an example epilog."""
+    if "description" in kw:  # the raw layout keeps the epilog's lines; wrap the prose here
+        kw["description"] = textwrap.fill(kw["description"], 88)
+    return sub.add_parser(
+        name, formatter_class=Formatter, epilog=example(*examples), prog=f"skipkit {name}", **kw
+    )
+
+
 def _demo_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_parser(
+        sub,
         "demo",
+        examples=("skipkit demo --quick", "skipkit demo --out runs/my-demo"),
         help="the degradation problem in minutes: plain vs residual nets on MNIST-1D",
         description="Train 20- and 56-layer plain networks and their residual twins on "
         "MNIST-1D and write a self-contained HTML report (with plots, a table and an "
         "explanation) to --out.",
     )
-    p.add_argument("--out", default="runs/demo", help="output folder (%(default)s)")
     p.add_argument(
         "--quick",
         action="store_true",
         help=f"a seconds-long smoke run (depths {QUICK_DEPTHS}, {QUICK_EPOCHS} epochs)",
     )
-    p.add_argument("--workers", type=positive_int, default=None, help="parallel processes")
+    p.add_argument(
+        "--workers",
+        type=integer(1, 256),
+        default=None,
+        help="parallel processes (default: one per CPU core, 1 with --quick)",
+    )
     p.add_argument(
         "--no-diagnostics",
         action="store_true",
         help="leave the gradient-flow and loss-landscape sections out of the report",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_out(p, "demo")
     p.set_defaults(func=_cmd_demo)
 
 
 def _degradation_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_parser(
+        sub,
         "degradation",
+        examples=(
+            "skipkit degradation --depths 20,56 --epochs 30 --out runs/deg",
+            "skipkit degradation --out runs/deg --resume      # after an interruption",
+        ),
         help="train plain and residual twins at several depths, write a report",
         description="The degradation experiment (He et al. 2015, figures 1 and 6) with every "
         "setting exposed. Writes report.html, PNG plots, results.json and one folder per "
@@ -173,35 +233,45 @@ def _degradation_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--depths",
-        type=_int_list,
+        type=int_list,
         default=list(DEMO_DEPTHS),
-        help="comma-separated depths, each 6n+2 (default: 20,56)",
+        help=f"comma-separated depths, each 6n+2, at most {MAX_DEPTH}",
     )
-    _add_data(p)
+    add_data(p)
     _add_recipe(p, epochs=30)
-    p.add_argument("--out", default="runs/degradation", help="output folder (%(default)s)")
-    p.add_argument("--workers", type=positive_int, default=None, help="parallel processes")
-    p.add_argument("--resume", action="store_true", help="continue interrupted runs")
+    p.add_argument(
+        "--workers",
+        type=integer(1, 256),
+        default=None,
+        help="parallel processes (default: one per CPU core, 1 on CUDA)",
+    )
     p.add_argument(
         "--diagnostics",
         action="store_true",
         help="add gradient-flow and loss-landscape sections to the report",
     )
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_out(p, "degradation")
     p.set_defaults(func=_cmd_degradation)
 
 
 def _train_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_parser(
+        sub,
         "train",
+        examples=(
+            "skipkit train --model resnet20 --epochs 10 --out runs/r20",
+            "skipkit train --model resnet20 --epochs 20 --out runs/r20 --resume  # 10 more",
+            "skipkit train --model resnet56 --no-skip --dataset cifar10 --data-dir ~/data",
+        ),
         help="train one registered model (checkpoints every epoch, --resume)",
         description="Train a model from the registry (see 'skipkit models') on a dataset. "
         "Writes metrics.csv/json, checkpoints and model.safetensors to --out. Under "
         "'torchrun --nproc-per-node N skipkit train ...' it trains with DDP.",
     )
-    p.add_argument("--model", required=True, help="registry name, e.g. resnet20 or resnet56")
-    p.add_argument("--no-skip", action="store_true", help="build the plain twin (skip=False)")
-    p.add_argument(
+    g = p.add_argument_group("model")
+    g.add_argument("--model", required=True, help="registry name, e.g. resnet20 or resnet56")
+    g.add_argument("--no-skip", action="store_true", help="build the plain twin (skip=False)")
+    g.add_argument(
         "--model-arg",
         type=key_value,
         action="append",
@@ -209,36 +279,104 @@ def _train_parser(sub: Any) -> None:
         metavar="KEY=VALUE",
         help="extra keyword for the model builder (repeatable), e.g. shortcut=B",
     )
-    _add_data(p)
-    p.add_argument("--augment", action="store_true", help="CIFAR: pad-4 crop + flip")
-    p.add_argument("--download", action="store_true", help="CIFAR: fetch with torchvision")
+    d = add_data(p)
+    d.add_argument("--augment", action="store_true", help="CIFAR: pad-4 crop + flip")
+    d.add_argument("--download", action="store_true", help="CIFAR: fetch with torchvision")
     _add_recipe(p, epochs=30)
     g = p.add_argument_group("more training options")
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimizer")
     g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    g.add_argument("--milestones", type=_int_list, default=None, help="epochs for --schedule step")
-    g.add_argument("--gamma", type=float, default=0.1, help="step decay factor (%(default)s)")
-    g.add_argument("--warmup-epochs", type=float, default=0.0, help="linear warm-up")
-    g.add_argument("--label-smoothing", type=float, default=0.0)
-    g.add_argument("--grad-clip", type=float, default=None, help="max global gradient norm")
-    g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"), default="auto")
-    g.add_argument("--channels-last", action="store_true")
+    g.add_argument(
+        "--milestones",
+        type=int_list,
+        default=None,
+        help="epochs at which --schedule step decays (default: 1/2 and 3/4 of --epochs)",
+    )
+    g.add_argument(
+        "--gamma",
+        type=real(0, 1, low_open=True),
+        default=None,
+        help="decay factor of --schedule step (default: 0.1)",
+    )
+    g.add_argument(
+        "--warmup-epochs", type=real(0, 100_000), default=0.0, help="linear warm-up (epochs)"
+    )
+    g.add_argument(
+        "--label-smoothing", type=real(0, 1, high_open=True), default=0.0, help="of the loss"
+    )
+    g.add_argument(
+        "--grad-clip",
+        type=real(0, 1e6, low_open=True),
+        default=None,
+        help="max global gradient norm (default: none, no clipping)",
+    )
+    g.add_argument(
+        "--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="CUDA precision"
+    )
+    g.add_argument("--channels-last", action="store_true", help="channels-last 4-D tensors")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers")
-    p.add_argument("--out", default="runs/train", help="output folder (%(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bars or epoch lines")
+    g.add_argument("--num-workers", type=integer(0, 64), default=0, help="DataLoader workers")
+    g.add_argument(
+        "--on-nan",
+        choices=("stop", "skip"),
+        default="stop",
+        help="a non-finite loss stops training (exit status 3, last checkpoint kept) or skips "
+        "that batch",
+    )
+    add_out(p, "train")
     p.set_defaults(func=_cmd_train)
 
 
 def _models_parser(sub: Any) -> None:
-    p = sub.add_parser(
+    p = add_parser(
+        sub,
         "models",
+        examples=("skipkit models", "skipkit models 'resnet*'"),
         help="list registered models",
         description="List the names accepted by --model and skipkit.models.create.",
     )
-    p.add_argument("pattern", nargs="?", default=None, help="shell pattern, e.g. 'resnet*'")
+    p.add_argument(
+        "pattern", nargs="?", default=None, help="shell pattern, e.g. 'resnet*' (default: all)"
+    )
     p.set_defaults(func=_cmd_models)
+
+
+# ------------------------------------------------------------------------ shared validation
+
+
+def out_folder(args: argparse.Namespace) -> None:
+    """Refuse an unusable ``--out`` and ``--resume`` without ``--out``, creating nothing."""
+    from skipkit._io import check_out_dir
+
+    if args.resume and args.out is None:
+        raise ValueError("--resume needs --out: the folder of the run to continue")
+    if args.out is not None:
+        check_out_dir(args.out)
+
+
+def claim_out(args: argparse.Namespace, command: str) -> Path:
+    """``--out``, or a new unused folder ``runs/<command>/<date-time>`` (created now)."""
+    from skipkit._io import new_run_dir
+
+    return Path(args.out) if args.out is not None else new_run_dir(Path("runs") / command)
+
+
+def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+    """The recipe options after the checks that need several of them; refuses settings that
+    would be recorded but not used."""
+    if args.momentum is not None and getattr(args, "optimizer", "sgd") != "sgd":
+        raise ValueError("--momentum is an SGD setting; --optimizer adamw does not use it")
+    kw: dict[str, Any] = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "momentum": 0.9 if args.momentum is None else args.momentum,
+        "weight_decay": args.weight_decay,
+        "schedule": args.schedule,
+        "seed": args.seed,
+        "device": args.device,
+    }
+    return kw
 
 
 # ----------------------------------------------------------------------------------- commands
@@ -248,6 +386,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.quick:  # in this process: starting worker interpreters would dominate
         return _degradation(
             args,
+            "demo",
             depths=QUICK_DEPTHS,
             epochs=QUICK_EPOCHS,
             workers=args.workers or 1,
@@ -259,6 +398,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         )
     return _degradation(
         args,
+        "demo",
         depths=DEMO_DEPTHS,
         epochs=DEMO_EPOCHS,
         workers=args.workers,
@@ -269,30 +409,21 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_degradation(args: argparse.Namespace) -> int:
-    extra = {
-        "batch_size": args.batch_size,
-        "lr": args.lr,
-        "momentum": args.momentum,
-        "weight_decay": args.weight_decay,
-        "schedule": args.schedule,
-        "seed": args.seed,
-        "device": args.device,
-        "resume": args.resume,
-    }
     return _degradation(
         args,
+        "degradation",
         depths=args.depths,
-        epochs=args.epochs,
         workers=args.workers,
         dataset=args.dataset,
         root=args.data_dir,
         diagnostics=args.diagnostics,
-        **extra,
+        **_recipe(args),
     )
 
 
 def _degradation(
     args: argparse.Namespace,
+    command: str,
     *,
     depths: Sequence[int],
     epochs: int,
@@ -303,39 +434,56 @@ def _degradation(
     quick: bool = False,
     **kw: Any,
 ) -> int:
+    from skipkit._io import open_run
+    from skipkit.data import get_dataset
     from skipkit.experiments import check_depth, format_table, run_degradation
+    from skipkit.experiments.degradation import DEGRADATION_FILES
     from skipkit.experiments.report import Report, write_degradation_report
 
     if not depths:
         raise ValueError("give at least one depth, e.g. --depths 20,56")
     for d in depths:
         check_depth(d)
+        if d > MAX_DEPTH:
+            raise ValueError(f"depth {d} is deeper than {MAX_DEPTH}, the deepest supported")
+    out_folder(args)
+    get_dataset(dataset, root=root)  # a missing data folder fails before anything is written
     t0 = time.perf_counter()
-    out = Path(args.out)
-    say(args, f"training {2 * len(depths)} networks ({epochs} epochs each) -> {out}")
-    result = run_degradation(
-        depths,
-        dataset=dataset,
-        root=root,
-        epochs=epochs,
-        out_dir=out,
-        workers=workers,
-        progress=not args.quiet and sys.stderr.isatty(),
-        **kw,
-    )
-    extend = None
-    sections = _diagnostics_sections() if diagnostics else None
-    if sections is not None:
-        say(args, "measuring gradient flow and loss landscapes")
+    out = claim_out(args, command)
+    with open_run(
+        out, "degradation", resume=args.resume, overwrite=args.overwrite, writes=DEGRADATION_FILES
+    ) as run:
+        run.expect(*DEGRADATION_FILES)
+        say(args, f"training {2 * len(depths)} networks ({epochs} epochs each) -> {out}")
+        result = run_degradation(
+            depths,
+            dataset=dataset,
+            root=root,
+            epochs=epochs,
+            out_dir=run,
+            workers=workers,
+            resume=args.resume,
+            progress=not args.quiet and sys.stderr.isatty(),
+            **kw,
+        )
+        extend = None
+        sections = _diagnostics_sections() if diagnostics else None
+        if sections is not None:
+            say(args, "measuring gradient flow and loss landscapes")
 
-        def extend(report: Report) -> None:
-            found = sections(
-                out, depths=result.depths, dataset=dataset, seed=kw.get("seed", 0), quick=quick
-            )
-            for s in found:  # before the settings, which stay last
-                report.add_section(s.title, s.html, s.images, index=len(report.sections) - 1)
+            def extend(report: Report) -> None:
+                found = sections(
+                    out, depths=result.depths, dataset=dataset, seed=kw.get("seed", 0), quick=quick
+                )
+                for s in found:  # before the settings, which stay last
+                    report.add_section(s.title, s.html, s.images, index=len(report.sections) - 1)
 
-    report = write_degradation_report(result, out, extend=extend)
+        before = {p.name for p in out.iterdir()}
+        report = write_degradation_report(result, out, extend=extend)
+        # the report's files (and any a report section adds) belong to this run
+        made = {p.name for p in out.iterdir() if p.is_file()} - before
+        run.expect(*sorted(made))
+        run.record(*DEGRADATION_FILES, *sorted(made))
     echo(format_table(result))
     if len(result.depths) > 1:
         v = result.verdict()
@@ -364,34 +512,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import skipkit.models as models
     from skipkit.data import DATASETS, get_dataset
     from skipkit.train import TrainConfig, Trainer, seed_everything, teardown
+    from skipkit.train.trainer import check_classifier
 
     key = args.dataset.lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
         raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
+    recipe = _recipe(args)
+    if (args.gamma is not None or args.milestones) and args.schedule != "step":
+        raise ValueError("--gamma and --milestones apply to --schedule step only")
+    if args.milestones and not all(1 <= m <= args.epochs for m in args.milestones):
+        raise ValueError(f"--milestones must lie in 1..{args.epochs} (--epochs)")
+    if args.warmup_epochs > args.epochs:
+        raise ValueError(f"--warmup-epochs {args.warmup_epochs:g} exceeds --epochs {args.epochs}")
+    out_folder(args)
     spec = DATASETS[key]
     cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
+        **recipe,
         optimizer=args.optimizer,
-        lr=args.lr,
-        momentum=args.momentum,
         nesterov=args.nesterov,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
         milestones=tuple(args.milestones) if args.milestones else None,
-        gamma=args.gamma,
+        gamma=0.1 if args.gamma is None else args.gamma,
         warmup_epochs=args.warmup_epochs,
         label_smoothing=args.label_smoothing,
         grad_clip=args.grad_clip,
         amp=args.amp,
         channels_last=args.channels_last,
         compile=args.compile,
-        seed=args.seed,
         num_workers=args.num_workers,
-        device=args.device,
-        out_dir=args.out,
-        resume=args.resume,
+        resume=False,
         quiet=args.quiet,
+        on_nan=args.on_nan,
     )
     # build the model before loading data, so a bad model option fails at once
     seed_everything(cfg.seed)
@@ -412,7 +562,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if key in ("cifar10", "cifar100"):
         data_kw = {"augment": args.augment, "download": args.download}
     train, test = get_dataset(key, root=args.data_dir, **data_kw)
-    trainer = Trainer(model, train, test, cfg)
+    check_classifier(model, train)  # before a default --out is created
+    identity = {
+        "model_name": args.model,
+        "model_options": model_kw,
+        "dataset": key,
+        "augment": bool(args.augment),
+    }
+    out = claim_out(args, "train")
+    trainer = Trainer(
+        model,
+        train,
+        test,
+        cfg,
+        identity=identity,
+        out_dir=str(out),
+        resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    say(args, f"training {args.model} -> {out}")
     hist = trainer.fit()
     teardown()
     if trainer.dist.is_main:
@@ -420,7 +588,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         echo(
             f"{args.model}{' (plain)' if args.no_skip else ''}: train error "
             f"{100 * last['train_error']:.2f}%, test error {100 * last['test_error']:.2f}% "
-            f"after {int(last['epoch'])} epochs; weights: {Path(args.out) / 'model.safetensors'}"
+            f"after {int(last['epoch'])} epochs; weights: {out / 'model.safetensors'}"
         )
     return 0
 
@@ -435,28 +603,28 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def say(args: argparse.Namespace, text: str) -> None:
-    """A progress message on stderr, unless ``--quiet``."""
-    if not getattr(args, "quiet", False):
-        echo(text, err=True)
-
-
-def echo(text: str, *, err: bool = False) -> None:
-    """The command's output: results on stdout, messages on stderr."""
-    stream = sys.stderr if err else sys.stdout
-    stream.write(text + "\n")
-    stream.flush()
-
-
 # --------------------------------------------------------------------------------------- main
 
 
+def _exit_status(exc: BaseException) -> int | None:
+    """2 for a user mistake, 3 for a diverged training run, 1 for another OS error."""
+    trainer = sys.modules.get("skipkit.train.trainer")
+    if trainer is not None and isinstance(exc, trainer.NonFiniteLossError):
+        return 3
+    if isinstance(exc, ValueError | TypeError | FileNotFoundError):
+        return 2
+    if isinstance(exc, OSError):
+        return 1
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the ``skipkit`` command; returns the exit status (0 ok, 2 bad input)."""
+    """Run the ``skipkit`` command; returns the exit status (0 ok, 2 bad input, 3 the loss
+    became non-finite, 1 another I/O error)."""
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help, or a usage error already printed by _Parser
+    except SystemExit as exc:  # --help, or a usage error already printed by Parser
         return exc.code if isinstance(exc.code, int) else 0
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
@@ -466,15 +634,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Handler = args.func
     try:
         return int(handler(args))
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        if args.traceback:
-            raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        echo(f"skipkit: error: {message}", err=True)
-        return 2
     except KeyboardInterrupt:
         echo("skipkit: interrupted", err=True)
         return 130
+    except Exception as exc:
+        status = _exit_status(exc)
+        if status is None or args.traceback:
+            raise
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        echo(f"skipkit: error: {message}", err=True)
+        return status
 
 
 if __name__ == "__main__":

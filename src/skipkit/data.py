@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from skipkit.train.checkpoint import atomic_write_bytes
+from skipkit._io import atomic_write_bytes, read_regular_bytes
 
 __all__ = [
     "CIFAR_MEAN",
@@ -96,13 +96,7 @@ def mnist1d(
         ``(train, test)``; each item is ``x: (1, 40) float32``, ``y: () int64`` in ``[0, 10)``.
     """
     path = cache_dir(root) / f"mnist1d_seed{seed}.npz"
-    arrays: dict[str, np.ndarray] | None = None
-    if path.exists():
-        try:
-            with np.load(path, allow_pickle=False) as npz:
-                arrays = {k: npz[k] for k in ("x", "y", "x_test", "y_test")}
-        except (OSError, ValueError, KeyError) as exc:
-            log.warning("ignoring unreadable MNIST-1D cache %s (%s); rebuilding", path, exc)
+    arrays = _read_mnist1d_cache(path) if path.exists() or path.is_symlink() else None
     if arrays is None:
         arrays = _build_mnist1d(seed)
         buf = _npz_bytes(arrays)
@@ -117,6 +111,24 @@ def mnist1d(
         return TensorDataset(xt, torch.from_numpy(y.astype(np.int64)))
 
     return pack(arrays["x"], arrays["y"]), pack(arrays["x_test"], arrays["y_test"])
+
+
+def _read_mnist1d_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or ``None`` (with a warning) when the cache is unusable."""
+    import io
+    import zipfile
+
+    try:
+        data = read_regular_bytes(path, what="MNIST-1D cache file")
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in ("x", "y", "x_test", "y_test")}
+        n, n_test = len(arrays["y"]), len(arrays["y_test"])
+        if arrays["x"].shape != (n, 40) or arrays["x_test"].shape != (n_test, 40) or not n:
+            raise ValueError(f"unexpected shapes {arrays['x'].shape}, {arrays['x_test'].shape}")
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        log.warning("the MNIST-1D cache %s is unreadable (%s); rebuilding it", path, exc)
+        return None
+    return arrays
 
 
 def _build_mnist1d(seed: int) -> dict[str, np.ndarray]:

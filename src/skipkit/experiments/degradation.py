@@ -7,12 +7,15 @@ the training set worse); with skips depth stops hurting.
 
 The runs are independent, so they are spread over worker processes (one per CPU core by
 default, each with its own share of the threads) and written to ``out_dir/runs/<name>/``.
+``out_dir`` is a run folder (:func:`skipkit._io.open_run`) and each ``runs/<name>/`` is a
+nested training run folder, so a fresh experiment never mixes with or deletes an earlier one.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
@@ -26,11 +29,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from skipkit._io import RunFolder, atomic_write_text, open_run, read_json
 from skipkit.data import DATASETS, get_dataset
 from skipkit.train import TrainConfig, Trainer, seed_everything
-from skipkit.train.checkpoint import atomic_write_text, remove_run_files
 
 __all__ = [
+    "DEGRADATION_FILES",
     "DegradationResult",
     "ModelRun",
     "build_model",
@@ -40,6 +44,9 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+DEGRADATION_FILES = ("results.json", "report.html", "degradation.png", "final_errors.png")
+"""Fixed names the experiment and its report write in ``out_dir``."""
 
 
 @dataclass
@@ -109,15 +116,19 @@ class DegradationResult:
         runs = [ModelRun(**r) for r in d["runs"]]
         return cls(d["dataset"], list(d["depths"]), d["config"], runs, d.get("seconds", 0.0))
 
+    def to_json(self) -> str:
+        """The JSON text of :meth:`to_dict` (non-finite numbers as strings, never empty)."""
+        return json.dumps(_finite_json(self.to_dict()), indent=1, allow_nan=False) + "\n"
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write ``results.json`` (atomically)."""
         path = Path(path)
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1) + "\n")
+        atomic_write_text(path, self.to_json())
         return path
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> DegradationResult:
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        return cls.from_dict(_from_finite_json(read_json(path, what="results file")))
 
 
 def check_depth(depth: int) -> int:
@@ -215,11 +226,12 @@ def run_degradation(
     weight_decay: float = 1e-4,
     schedule: str = "onecycle",
     seed: int = 0,
-    out_dir: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | RunFolder | None = None,
     workers: int | None = None,
     threads: int | None = None,
     device: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
     **train_kw: Any,
 ) -> DegradationResult:
@@ -233,11 +245,15 @@ def run_degradation(
             :class:`~skipkit.train.TrainConfig` fields via ``train_kw``.
         out_dir: each run writes metrics, checkpoints and weights to ``out_dir/runs/<name>``
             and the result goes to ``out_dir/results.json``; ``None`` uses a temporary folder.
+            A path is claimed with :func:`skipkit._io.open_run` (an earlier experiment there
+            is refused unless ``resume`` or ``overwrite``); a :class:`~skipkit._io.RunFolder`
+            already claimed by the caller is used as it is.
         workers: parallel worker processes; ``None`` means one per CPU core (at most one per
             run) on CPU and 1 on CUDA. ``1`` trains in this process.
         threads: torch threads per run; ``None`` shares the cores among the workers (and
             keeps torch's setting when training in this process).
         resume: continue interrupted runs from their checkpoints.
+        overwrite: remove the files an earlier experiment in ``out_dir`` wrote (others stay).
         progress: show one progress bar over all epochs of all runs.
 
     Returns:
@@ -259,37 +275,78 @@ def run_degradation(
     elif threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
 
+    base = TrainConfig(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        momentum=momentum,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        seed=seed,
+        device=device,
+        quiet=True,
+        **train_kw,
+    ).to_dict()
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="skipkit-degradation-") as tmp:
-        out = Path(out_dir) if out_dir is not None else Path(tmp)
-        base = TrainConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            schedule=schedule,
-            seed=seed,
-            device=device,
-            quiet=True,
-            **train_kw,
-        ).to_dict()
-        jobs = [
-            _Job(d, s, dataset, None if root is None else str(root), cfg, threads)
-            for d, s in jobs_spec
-            for cfg in [{**base, "out_dir": str(out / "runs" / _name(d, s)), "resume": resume}]
-        ]
-        runs = _run_jobs(jobs, workers, out, epochs, progress)
-        result = DegradationResult(
-            dataset=dataset,
-            depths=list(depths),
-            config={k: v for k, v in base.items() if k not in ("out_dir", "resume", "quiet")},
-            runs=runs,
-            seconds=time.perf_counter() - t0,
-        )
-        if out_dir is not None:
-            result.save(out / "results.json")
+        if isinstance(out_dir, RunFolder):
+            run, owned = out_dir, False
+        else:
+            where = tmp if out_dir is None else out_dir
+            run = open_run(
+                where,
+                "degradation",
+                resume=resume,
+                overwrite=overwrite,
+                writes=DEGRADATION_FILES,
+            )
+            owned = True
+        try:
+            out = run.path
+            jobs = [
+                _Job(d, s, dataset, None if root is None else str(root), cfg, threads)
+                for d, s in jobs_spec
+                for cfg in [{**base, "out_dir": str(out / "runs" / _name(d, s)), "resume": resume}]
+            ]
+            run.expect(*(f"runs/{j.name}/" for j in jobs), "results.json")
+            runs = _run_jobs(jobs, workers, run, epochs, progress)
+            result = DegradationResult(
+                dataset=dataset,
+                depths=list(depths),
+                config={
+                    k: v
+                    for k, v in base.items()
+                    if k not in ("out_dir", "resume", "overwrite", "quiet")
+                },
+                runs=runs,
+                seconds=time.perf_counter() - t0,
+            )
+            if out_dir is not None:
+                run.write_text("results.json", result.to_json())
+        finally:
+            if owned:
+                run.close()
     return result
+
+
+def _finite_json(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite_json(v) for v in obj]
+    return obj
+
+
+def _from_finite_json(obj: Any) -> Any:
+    if obj in ("nan", "inf", "-inf"):
+        return float(obj)
+    if isinstance(obj, dict):
+        return {k: _from_finite_json(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_from_finite_json(v) for v in obj]
+    return obj
 
 
 def _name(depth: int, skip: bool) -> str:
@@ -297,9 +354,10 @@ def _name(depth: int, skip: bool) -> str:
 
 
 def _run_jobs(
-    jobs: list[_Job], workers: int, out: Path, epochs: int, progress: bool
+    jobs: list[_Job], workers: int, run: RunFolder, epochs: int, progress: bool
 ) -> list[ModelRun]:
     """Run the jobs, deepest first, keeping the result order of ``jobs``."""
+    out = run.path
     bar = _Progress(out, [j.name for j in jobs], epochs) if progress else None
     done: dict[str, ModelRun] = {}
     try:
@@ -312,13 +370,13 @@ def _run_jobs(
             running: list[_Worker] = []
             while queue or running:
                 while queue and len(running) < workers:
-                    running.append(_Worker(queue.pop(0), out))
+                    running.append(_Worker(queue.pop(0), run))
                 time.sleep(0.5)
                 for w in [w for w in running if w.proc.poll() is not None]:
                     running.remove(w)
-                    run = w.result()
-                    done[run.name] = run
-                    _log_done(run, len(done), len(jobs), bar)
+                    finished = w.result()
+                    done[finished.name] = finished
+                    _log_done(finished, len(done), len(jobs), bar)
                 if bar is not None:
                     bar.poll()
     finally:
@@ -335,16 +393,16 @@ class _Worker:
     """One job in a fresh ``python`` process, so the caller's ``__main__`` is never re-run
     (as multiprocessing's spawn would) and each process has its own thread pool."""
 
-    def __init__(self, job: _Job, out: Path) -> None:
+    def __init__(self, job: _Job, run: RunFolder) -> None:
         self.job = job
-        folder = out / "runs" / job.name
-        folder.mkdir(parents=True, exist_ok=True)
-        self.job_file, self.result_file = folder / "job.json", folder / "result.json"
-        self.result_file.unlink(missing_ok=True)
-        if not job.config["resume"]:
-            remove_run_files(folder)  # the progress bar must not count an old run's epochs
-        atomic_write_text(self.job_file, json.dumps(asdict(job)))
-        self.log_file = folder / "worker.log"
+        # beside the run's folder, not in it: that folder holds the trainer's files only
+        stem = f"runs/{job.name}"
+        names = (f"{stem}.job.json", f"{stem}.result.json", f"{stem}.log")
+        run.expect(*names)
+        run.remove(names[1])
+        run.write_text(names[0], json.dumps(asdict(job)))
+        self.job_file, self.result_file, self.log_file = (run.path / n for n in names)
+        self._run, self._names = run, names
         env = dict(os.environ)
         if job.threads > 0:  # sized before torch starts its OpenMP pool
             env["OMP_NUM_THREADS"] = str(job.threads)
@@ -360,13 +418,15 @@ class _Worker:
             )
 
     def result(self) -> ModelRun:
+        self._run.record(*self._names[1:])
         if self.proc.returncode != 0 or not self.result_file.is_file():
-            tail = self.log_file.read_text(encoding="utf-8", errors="replace")[-2000:]
+            lines = self.log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+            last = next((ln for ln in reversed(lines) if ln.strip()), "no output")
             raise RuntimeError(
-                f"training {self.job.name} failed (exit status {self.proc.returncode}); "
-                f"log {self.log_file}:\n{tail}"
+                f"training {self.job.name} failed (exit status {self.proc.returncode}): "
+                f"{last.strip()[:300]} (full log: {self.log_file})"
             )
-        return ModelRun(**json.loads(self.result_file.read_text(encoding="utf-8")))
+        return ModelRun(**_from_finite_json(read_json(self.result_file, what="result file")))
 
 
 def _worker_main() -> None:
@@ -374,7 +434,8 @@ def _worker_main() -> None:
     job_file, result_file = sys.argv[1:3]
     job = _Job(**json.loads(Path(job_file).read_text(encoding="utf-8")))
     run = _train_one(job)
-    atomic_write_text(result_file, json.dumps(asdict(run)))
+    text = json.dumps(_finite_json(asdict(run)), allow_nan=False)
+    atomic_write_text(result_file, text)
 
 
 def _log_done(run: ModelRun, n: int, total: int, bar: _Progress | None) -> None:

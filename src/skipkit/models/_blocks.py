@@ -229,7 +229,12 @@ def load_weights(
     Raises:
         ValueError: missing, unexpected or wrongly shaped keys, each listed with the fix.
     """
-    state = read_state_dict(weights, progress=progress)
+    if isinstance(weights, str | os.PathLike) and not _is_url(os.fspath(weights)):
+        from skipkit._io import read_state_dict as read_file  # regular files only, safe
+
+        state = read_file(weights)
+    else:
+        state = read_state_dict(weights, progress=progress)
     own = model.state_dict()
     prefixes = tuple(reinit)
     if prefixes:

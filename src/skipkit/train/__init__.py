@@ -9,18 +9,28 @@ Example::
     seed_everything(0)
     model = skipkit.models.create("resnet20", dims=1, in_channels=1, num_classes=10)
     history = Trainer(model, train, test, TrainConfig(epochs=30, out_dir="runs/r20")).fit()
+
+``load_weights`` is :func:`skipkit.models.load_weights` (one safe loader for the package).
 """
 
 from __future__ import annotations
 
-from skipkit.train.checkpoint import load_weights, save_weights
+from skipkit.models._blocks import load_weights
+from skipkit.train.checkpoint import save_weights
 from skipkit.train.config import TrainConfig, lr_factor
 from skipkit.train.distributed import teardown
-from skipkit.train.trainer import METRIC_FIELDS, Callback, Trainer, seed_everything
+from skipkit.train.trainer import (
+    METRIC_FIELDS,
+    Callback,
+    NonFiniteLossError,
+    Trainer,
+    seed_everything,
+)
 
 __all__ = [
     "METRIC_FIELDS",
     "Callback",
+    "NonFiniteLossError",
     "TrainConfig",
     "Trainer",
     "load_weights",

@@ -1,117 +1,70 @@
-"""Crash-safe files: atomic writes, safetensors weights, JSON + safetensors training state.
+"""Crash-safe checkpoints: safetensors tensors + JSON state, verified, with a fallback.
 
-A checkpoint is three files. The weights and the state tensors (optimizer buffers, RNG states)
-go to safetensors files named after the epoch; ``checkpoint.json`` holds everything else and
-points at them. It is written last, so a run killed at any moment leaves the previous complete
-checkpoint in place::
+A checkpoint of epoch ``e`` is three files in the run folder's ``checkpoints/``: the weights
+and the state tensors (optimizer buffers, RNG states) as safetensors, and ``epoch{e}.json``
+holding everything else (with the SHA-256 of both tensor files). The JSON is written last, so
+a run killed at any moment leaves the previous complete checkpoint in place; the two newest
+are kept, and :func:`read_checkpoint` falls back to the older one when the newer does not
+verify::
 
     out_dir/
-      checkpoint.json                      epoch, step, optimizer groups, schedule, RNG, history
+      skipkit-run.json                      the run's manifest: every file and its SHA-256
+      checkpoint.json                       a copy of the newest epoch JSON, for people
+      checkpoints/epoch0003.json            epoch, step, optimizer groups, RNG, history, config
       checkpoints/epoch0003-model.safetensors
       checkpoints/epoch0003-state.safetensors
 
-Nothing here unpickles: tensors come from safetensors, the rest from JSON.
+Nothing here unpickles: tensors come from safetensors, the rest from JSON. The atomic-write
+helpers live in :mod:`skipkit._io` and are re-exported here for existing imports.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import tempfile
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import safetensors.torch
 import torch
 from torch import nn
 
+from skipkit._io import (
+    RunFolder,
+    atomic_write_bytes,
+    atomic_write_text,
+    read_json,
+    read_manifest,
+    read_regular_bytes,
+    sha256_bytes,
+)
+from skipkit.errors import CheckpointError
+
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "Checkpoint",
     "atomic_write_bytes",
     "atomic_write_text",
     "decode_state",
     "encode_state",
-    "load_weights",
     "read_checkpoint",
-    "remove_run_files",
     "save_weights",
     "write_checkpoint",
 ]
+
+log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "skipkit-checkpoint/1"
 _TENSOR = "__tensor__"
 _ITEMS = "__items__"
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path``: temp file in the same folder, fsync, ``os.replace``.
-
-    Readers see the old file or the complete new one, never a partial file; a failed write
-    leaves no temporary file behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644 & ~_UMASK)  # mkstemp makes 0600; give the file ordinary permissions
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """:func:`atomic_write_bytes` for UTF-8 text."""
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()
-
-
-def _fsync_dir(folder: Path) -> None:
-    # makes the rename itself durable; not possible on every platform (Windows)
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def save_weights(model: nn.Module, path: str | os.PathLike[str]) -> None:
     """Save ``model.state_dict()`` (parameters and buffers) as safetensors, atomically."""
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
     atomic_write_bytes(path, safetensors.torch.save(tensors))
-
-
-def load_weights(model: nn.Module, path: str | os.PathLike[str], *, strict: bool = True) -> None:
-    """Load weights saved by :func:`save_weights` (or any safetensors state dict) into ``model``.
-
-    A ``.pt``/``.pth`` file is read with ``torch.load(weights_only=True)``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights file at {path}")
-    if path.suffix in (".pt", ".pth"):
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    else:
-        state = safetensors.torch.load_file(str(path))
-    model.load_state_dict(state, strict=strict)
 
 
 def encode_state(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
@@ -147,73 +100,141 @@ def decode_state(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     return obj
 
 
-def write_checkpoint(
-    out_dir: str | os.PathLike[str], epoch: int, model: nn.Module, state: dict[str, Any]
-) -> Path:
-    """Write the checkpoint of ``epoch`` (see the module docstring); returns the JSON's path.
+KEEP = 2
+"""Checkpoints kept: the newest, and one to fall back to if it is damaged."""
 
-    ``state`` is any nest of JSON values and tensors (optimizer, RNG, ...). Older checkpoint
-    files and temporary files of interrupted writes are removed once the new one is in place.
+_EPOCH_JSON = re.compile(r"^epoch(\d{4,})\.json$")
+_EPOCH_FILE = re.compile(
+    r"^checkpoints/epoch(\d{4,})(?:-model\.safetensors|-state\.safetensors|\.json)$"
+)
+
+
+class Checkpoint(NamedTuple):
+    """What :func:`read_checkpoint` found: the epoch, the weights, the decoded state, the
+    epoch JSON it came from, and the newer checkpoints skipped as damaged (with why)."""
+
+    epoch: int
+    weights: dict[str, torch.Tensor]
+    state: dict[str, Any]
+    path: Path
+    skipped: list[str]
+
+
+def write_checkpoint(run: RunFolder, epoch: int, model: nn.Module, state: dict[str, Any]) -> Path:
+    """Write the checkpoint of ``epoch`` into ``run`` (see the module docstring).
+
+    ``state`` is any nest of JSON values and tensors (optimizer, RNG, ...). Checkpoints older
+    than the :data:`KEEP` newest are removed once the new one is in place.
+
+    Returns:
+        the path of the epoch JSON.
     """
-    out = Path(out_dir)
-    folder = out / "checkpoints"
-    stem = f"epoch{epoch:04d}"
-    model_file, state_file = (
-        folder / f"{stem}-model.safetensors",
-        folder / f"{stem}-state.safetensors",
+    stem = f"checkpoints/epoch{epoch:04d}"
+    model_name, state_name, meta_name = (
+        f"{stem}-model.safetensors",
+        f"{stem}-state.safetensors",
+        f"{stem}.json",
     )
-    save_weights(model, model_file)
+    run.expect(model_name, state_name, meta_name, "checkpoint.json")
+    weights = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    model_bytes = safetensors.torch.save(weights)
     tensors: dict[str, torch.Tensor] = {}
     doc = encode_state(state, "state", tensors)
-    atomic_write_bytes(state_file, safetensors.torch.save(tensors))
+    state_bytes = safetensors.torch.save(tensors)
+    run.write_bytes(model_name, model_bytes, save=False)
+    run.write_bytes(state_name, state_bytes, save=False)
     meta = {
         "format": CHECKPOINT_FORMAT,
         "epoch": epoch,
-        "model": model_file.relative_to(out).as_posix(),
-        "tensors": state_file.relative_to(out).as_posix(),
+        "model": model_name,
+        "model_sha256": sha256_bytes(model_bytes),
+        "tensors": state_name,
+        "tensors_sha256": sha256_bytes(state_bytes),
         "state": doc,
     }
-    index = out / "checkpoint.json"
-    atomic_write_text(index, json.dumps(meta, indent=1) + "\n")
-    for p in folder.iterdir():
-        if p not in (model_file, state_file):
-            p.unlink(missing_ok=True)
-    return index
+    text = json.dumps(meta, indent=1, allow_nan=False) + "\n"
+    path = run.write_text(meta_name, text, save=False)
+    run.write_text("checkpoint.json", text, save=False)
+    keep = sorted(_epochs(run.files), reverse=True)[:KEEP]
+    old = [n for n in run.files if _epoch_of(n) is not None and _epoch_of(n) not in keep]
+    run.remove(*old, save=False)
+    run.commit()
+    return path
 
 
-RUN_FILES = ("checkpoint.json", "metrics.csv", "metrics.json", "model.safetensors")
+def _epoch_of(name: str) -> int | None:
+    m = re.match(
+        r"^checkpoints/epoch(\d{4,})(?:-model\.safetensors|-state\.safetensors|\.json)$", name
+    )
+    return int(m.group(1)) if m else None
 
 
-def remove_run_files(out_dir: str | os.PathLike[str]) -> list[Path]:
-    """Delete what a previous run wrote to ``out_dir`` (its checkpoint, metrics, weights).
+def _epochs(names: Any) -> set[int]:
+    return {e for e in (_epoch_of(n) for n in names) if e is not None}
 
-    A fresh run in an old folder must not leave the old checkpoint behind: a later
-    ``resume`` would continue the wrong run. Other files are left alone.
 
-    Returns:
-        the removed paths.
+def read_checkpoint(out_dir: str | os.PathLike[str]) -> Checkpoint | None:
+    """The newest checkpoint in ``out_dir`` that verifies, or ``None`` when there is none.
+
+    Each candidate's JSON, weights and state must be regular files matching their recorded
+    SHA-256 (in the run manifest and the epoch JSON); a damaged newer one is skipped, and
+    ``skipped`` says why.
+
+    Raises:
+        CheckpointError: there are checkpoints, but none verifies (each reason listed).
     """
     out = Path(out_dir)
-    removed = [out / n for n in RUN_FILES if (out / n).is_file()]
     folder = out / "checkpoints"
+    try:
+        manifest = read_manifest(out)
+    except CheckpointError as exc:
+        raise CheckpointError(f"cannot resume: {exc}", path=out) from None
+    files: dict[str, str | None] = manifest["files"] if manifest else {}
+    found = set()
     if folder.is_dir():
-        removed += [p for p in folder.iterdir() if p.name.endswith((".safetensors", ".tmp"))]
-    for p in removed:
-        p.unlink(missing_ok=True)
-    return removed
+        found = {int(m.group(1)) for p in folder.iterdir() if (m := _EPOCH_JSON.match(p.name))}
+    candidates = sorted(found | _epochs(n for n, h in files.items() if h), reverse=True)
+    skipped: list[str] = []
+    for epoch in candidates:
+        name = f"checkpoints/epoch{epoch:04d}.json"
+        try:
+            weights, state = _load(out, name, files)
+        except CheckpointError as exc:
+            skipped.append(f"epoch {epoch}: {exc}")
+            continue
+        return Checkpoint(epoch, weights, state, out / name, skipped)
+    if skipped:
+        raise CheckpointError(
+            "no checkpoint verifies (" + "; ".join(skipped) + "); start again with --overwrite",
+            path=out,
+        )
+    return None
 
 
-def read_checkpoint(
-    out_dir: str | os.PathLike[str],
-) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
-    """``(epoch, model_state_dict, state)`` from ``out_dir/checkpoint.json``, or ``None``."""
-    out = Path(out_dir)
-    index = out / "checkpoint.json"
-    if not index.is_file():
-        return None
-    meta = json.loads(index.read_text(encoding="utf-8"))
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{index} is not a {CHECKPOINT_FORMAT} checkpoint")
-    weights = safetensors.torch.load_file(str(out / meta["model"]))
-    tensors = safetensors.torch.load_file(str(out / meta["tensors"]))
-    return int(meta["epoch"]), weights, decode_state(meta["state"], tensors)
+def _load(
+    out: Path, name: str, files: dict[str, str | None]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    path = out / name
+    raw = read_regular_bytes(path, what="checkpoint file")
+    if files.get(name) is not None and sha256_bytes(raw) != files[name]:
+        raise CheckpointError("does not match its checksum in the run manifest", path=path)
+    meta = read_json(path, what="checkpoint file")
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"is not a {CHECKPOINT_FORMAT} checkpoint", path=path)
+    try:
+        loaded = []
+        for key in ("model", "tensors"):
+            file = out / str(meta[key])
+            data = read_regular_bytes(file, what="checkpoint file")
+            if sha256_bytes(data) != meta[f"{key}_sha256"]:
+                raise CheckpointError("does not match its checksum (damaged)", path=file)
+            try:
+                loaded.append(dict(safetensors.torch.load(data)))
+            except Exception as exc:  # SafetensorError for a damaged file
+                raise CheckpointError(f"is a damaged safetensors file ({exc})", path=file) from None
+        state = decode_state(meta["state"], loaded[1])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(f"is incomplete (missing {exc})", path=path) from None
+    if not isinstance(state, dict):
+        raise CheckpointError("holds no training state", path=path)
+    return loaded[0], state

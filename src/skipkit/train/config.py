@@ -12,9 +12,30 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-__all__ = ["AMP_MODES", "OPTIMIZERS", "SCHEDULES", "TrainConfig", "lr_factor"]
+__all__ = [
+    "AMP_MODES",
+    "ON_NAN",
+    "OPTIMIZERS",
+    "RESUMABLE_CHANGES",
+    "SCHEDULES",
+    "TrainConfig",
+    "lr_factor",
+]
 
 OPTIMIZERS = ("sgd", "adamw")
+ON_NAN = ("stop", "skip")
+RESUMABLE_CHANGES = (
+    "epochs",
+    "out_dir",
+    "resume",
+    "overwrite",
+    "quiet",
+    "device",
+    "num_workers",
+    "compile",
+)
+"""Fields a resumed run may change: ``epochs`` (to extend it) and where/how it runs; any other
+difference from the checkpoint's config refuses to resume."""
 SCHEDULES = ("onecycle", "cosine", "step", "none")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
@@ -52,7 +73,13 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` …; ``None`` picks CUDA when available.
         out_dir: where metrics, checkpoints and the final weights go; ``None`` writes nothing.
-        resume: continue from the checkpoint in ``out_dir`` if there is one.
+        resume: continue from the checkpoint in ``out_dir`` if there is one; the checkpoint's
+            config, model and data must match (only :data:`RESUMABLE_CHANGES` may differ).
+        overwrite: a fresh run in a folder holding an earlier run removes the files that run
+            listed in its manifest (never other files); without it such a folder is refused.
+        on_nan: a non-finite training loss either stops training at that step
+            (``"stop"``: :class:`~skipkit.train.NonFiniteLossError`, the last checkpoint kept)
+            or skips that batch (``"skip"``, with a warning).
         checkpoint: write a checkpoint after every epoch (needs ``out_dir``).
         deterministic: ask torch for deterministic kernels (slower on CUDA; CPU runs are
             already reproducible).
@@ -82,6 +109,8 @@ class TrainConfig:
     device: str | None = None
     out_dir: str | os.PathLike[str] | None = None
     resume: bool = False
+    overwrite: bool = False
+    on_nan: str = "stop"
     checkpoint: bool = True
     deterministic: bool = False
     quiet: bool = False
@@ -90,24 +119,45 @@ class TrainConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ``ValueError`` naming the field and the accepted values for a bad setting."""
-        choices = {"optimizer": OPTIMIZERS, "schedule": SCHEDULES, "amp": AMP_MODES}
+        """Raise ``ValueError`` naming the field, the value and the accepted range."""
+        choices = {
+            "optimizer": OPTIMIZERS,
+            "schedule": SCHEDULES,
+            "amp": AMP_MODES,
+            "on_nan": ON_NAN,
+        }
         for name, allowed in choices.items():
             value = getattr(self, name)
             if value not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
-        if self.weight_decay < 0 or self.momentum < 0 or self.warmup_epochs < 0:
-            raise ValueError("weight_decay, momentum and warmup_epochs must be >= 0")
-        if not 0 < self.onecycle_pct < 1:
-            raise ValueError(f"onecycle_pct must be in (0, 1), got {self.onecycle_pct}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
+        for name in ("epochs", "batch_size", "seed", "num_workers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        # (name, value, low, high, low included, high included)
+        ranges: list[tuple[str, Any, float, float, bool, bool]] = [
+            ("epochs", self.epochs, 1, math.inf, True, False),
+            ("batch_size", self.batch_size, 1, math.inf, True, False),
+            ("lr", self.lr, 0, math.inf, False, False),
+            ("momentum", self.momentum, 0, 1, True, False),
+            ("weight_decay", self.weight_decay, 0, math.inf, True, False),
+            ("gamma", self.gamma, 0, math.inf, False, False),
+            ("onecycle_pct", self.onecycle_pct, 0, 1, False, False),
+            ("warmup_epochs", self.warmup_epochs, 0, math.inf, True, False),
+            ("label_smoothing", self.label_smoothing, 0, 1, True, False),
+            ("num_workers", self.num_workers, 0, math.inf, True, False),
+            ("seed", self.seed, 0, 2**63 - 1, True, True),
+            ("betas[0]", self.betas[0], 0, 1, True, False),
+            ("betas[1]", self.betas[1], 0, 1, True, False),
+        ]
+        if self.grad_clip is not None:
+            ranges.append(("grad_clip", self.grad_clip, 0, math.inf, False, False))
+        for name, value, low, high, low_in, high_in in ranges:
+            _check_range(name, value, low, high, low_in, high_in)
         if self.resume and self.out_dir is None:
             raise ValueError("resume=True needs out_dir (the folder of the run to continue)")
+        if self.resume and self.overwrite:
+            raise ValueError("resume=True and overwrite=True exclude each other")
         if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
             raise ValueError("nesterov=True needs optimizer='sgd' and momentum > 0")
 
@@ -168,3 +218,15 @@ def lr_factor(config: TrainConfig, step: int, steps_per_epoch: int) -> float:
 def _cos_interp(a: float, b: float, t: float) -> float:
     """Cosine interpolation from ``a`` (t=0) to ``b`` (t=1)."""
     return b + (a - b) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def _check_range(
+    name: str, value: Any, low: float, high: float, low_in: bool, high_in: bool
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    ok = math.isfinite(value) and (value >= low if low_in else value > low)
+    ok = ok and (value <= high if high_in else value < high)
+    if not ok:
+        lo, hi = "[" if low_in else "(", "]" if high_in else ")"
+        raise ValueError(f"{name} must be finite and in {lo}{low:g}, {high:g}{hi}; got {value!r}")

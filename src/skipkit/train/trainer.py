@@ -5,8 +5,13 @@ What one epoch does::
     for x, y in loader:                    x: (N, C, *spatial), y: (N,) class indices
         lr  <- config.lr * lr_factor(step)       schedule is a function of the step
         loss = CE(model(x), y)                   autocast on CUDA (bf16/fp16)
+        loss not finite -> stop (NonFiniteLossError) or skip the batch (config.on_nan)
         backward; [unscale]; on_after_backward; [clip]; optimizer step; on_step_end
     evaluate(test); write metrics.csv/json; write checkpoint; on_epoch_end
+
+``out_dir`` is a run folder (:func:`skipkit._io.open_run`): a fresh run refuses a folder that
+holds an earlier run or foreign files (``overwrite=True`` removes only the earlier run's
+files), and ``resume=True`` refuses a checkpoint whose config, model or data differ.
 
 Under ``torchrun`` the model is wrapped in DistributedDataParallel, every process sees its own
 shard of each epoch, metrics are summed over processes, and only rank 0 writes files.
@@ -15,6 +20,7 @@ shard of each epoch, metrics are summed over processes, and only rank 0 writes f
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import logging
@@ -28,30 +34,62 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import safetensors.torch
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 from tqdm import tqdm
 
-from skipkit.train.checkpoint import (
-    atomic_write_text,
-    read_checkpoint,
-    remove_run_files,
-    save_weights,
-    write_checkpoint,
-)
-from skipkit.train.config import TrainConfig, lr_factor
+from skipkit._io import RunFolder, open_run, sha256_bytes
+from skipkit.errors import CheckpointError
+from skipkit.train.checkpoint import read_checkpoint, write_checkpoint
+from skipkit.train.config import RESUMABLE_CHANGES, TrainConfig, lr_factor
 from skipkit.train.distributed import DistInfo, all_reduce_sum, broadcast_buffers, setup
 
-__all__ = ["METRIC_FIELDS", "Callback", "Trainer", "seed_everything"]
+__all__ = [
+    "METRIC_FIELDS",
+    "TRAIN_FILES",
+    "Callback",
+    "NonFiniteLossError",
+    "Trainer",
+    "check_classifier",
+    "seed_everything",
+]
 
 log = logging.getLogger(__name__)
 
 METRIC_FIELDS = ("epoch", "train_loss", "train_error", "test_loss", "test_error", "lr", "time")
 """Columns of ``metrics.csv``; errors are fractions in [0, 1], ``time`` is seconds per epoch."""
 
+TRAIN_FILES = ("checkpoint.json", "metrics.csv", "metrics.json", "model.safetensors")
+"""Fixed names a training run writes in its folder (checkpoints go to ``checkpoints/``)."""
+
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite; training stopped at that step.
+
+    Attributes:
+        epoch: 1-based epoch of the step.
+        step: 0-based optimizer step.
+        last_finite: the last finite batch loss, or ``None``.
+        checkpoint_epoch: the epoch of the last checkpoint written (kept), or ``None``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        epoch: int,
+        step: int,
+        last_finite: float | None,
+        checkpoint_epoch: int | None,
+    ) -> None:
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+        self.last_finite, self.checkpoint_epoch = last_finite, checkpoint_epoch
 
 
 class Callback:
@@ -97,6 +135,10 @@ class Trainer:
         callbacks: :class:`Callback` objects called in order.
         loss_fn: replaces ``CrossEntropyLoss(label_smoothing=config.label_smoothing)``;
             called as ``loss_fn(logits, y)``.
+        identity: JSON values naming what is trained (the CLI gives the registry name and
+            builder options, the dataset name and folder); stored in the checkpoint with the
+            config and fingerprints of the model (class, parameter names and shapes) and the
+            data, and compared on resume.
     """
 
     def __init__(
@@ -108,11 +150,14 @@ class Trainer:
         *,
         callbacks: Sequence[Callback] = (),
         loss_fn: LossFn | None = None,
+        identity: dict[str, Any] | None = None,
         **overrides: Any,
     ) -> None:
         base = (config or TrainConfig()).to_dict()
         base.update(overrides)
         self.config = cfg = TrainConfig.from_dict(base)
+        if loss_fn is None:  # before seeding: drawing items may use the global generator
+            check_classifier(model, train_data)
         self.device = _resolve_device(cfg.device)
         self.dist: DistInfo = setup(self.device)
         seed_everything(cfg.seed + self.dist.rank)
@@ -160,6 +205,14 @@ class Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._show = not cfg.quiet and self.dist.is_main
+        self.identity = {
+            **(identity or {}),
+            "model": model_fingerprint(self.model),
+            "data": {"train": data_fingerprint(train_data), "test": data_fingerprint(test_data)},
+        }
+        self.run: RunFolder | None = None
+        self.checkpoint_epoch: int | None = None
+        self._last_finite: float | None = None
 
     # ------------------------------------------------------------------------------ training
 
@@ -170,11 +223,26 @@ class Trainer:
             the history: one dict per epoch with the keys of :data:`METRIC_FIELDS`.
         """
         cfg = self.config
-        if self.out_dir is not None:
-            if cfg.resume:
-                self.load_checkpoint(self.out_dir)
-            elif self.dist.is_main and remove_run_files(self.out_dir):
-                log.info("fresh run in %s: removed the previous run's files", self.out_dir)
+        if self.out_dir is not None and self.dist.is_main:
+            self.run = open_run(
+                self.out_dir,
+                "train",
+                resume=cfg.resume,
+                overwrite=cfg.overwrite,
+                writes=TRAIN_FILES,
+            )
+            self.run.expect(*TRAIN_FILES[1:])
+        try:
+            return self._fit()
+        finally:
+            if self.run is not None:
+                self.run.close()
+                self.run = None
+
+    def _fit(self) -> list[dict[str, float]]:
+        cfg = self.config
+        if self.out_dir is not None and cfg.resume:
+            self.load_checkpoint(self.out_dir)
         for cb in self.callbacks:
             cb.on_train_start(self)
         for epoch in range(self.epoch, cfg.epochs):
@@ -195,14 +263,15 @@ class Trainer:
             self.epoch = epoch + 1
             if self._show:
                 log.info(_format_row(row, cfg.epochs))
-            if self.dist.is_main and self.out_dir is not None:
+            if self.run is not None:
                 self._write_metrics()
                 if cfg.checkpoint:
-                    self.save_checkpoint(self.out_dir)
+                    self.save_checkpoint(self.out_dir)  # type: ignore[arg-type]
             for cb in self.callbacks:
                 cb.on_epoch_end(self, row)
-        if self.dist.is_main and self.out_dir is not None:
-            save_weights(self.model, self.out_dir / "model.safetensors")
+        if self.run is not None:
+            weights = {k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}
+            self.run.write_bytes("model.safetensors", safetensors.torch.save(weights))
         for cb in self.callbacks:
             cb.on_train_end(self)
         return self.history
@@ -231,6 +300,9 @@ class Trainer:
             ):
                 logits = self.net(x)  # (N, num_classes)
                 loss = self.loss_fn(logits, y)
+            if not self._loss_is_finite(loss, epoch, i):
+                self.step += 1  # the schedule stays on its curve: the batch counts as a step
+                continue
             self.optimizer.zero_grad(set_to_none=True)
             if self.scaler is not None:
                 self.scaler.scale(loss).backward()
@@ -260,7 +332,39 @@ class Trainer:
             bar.close()
         all_reduce_sum(sums, self.dist)
         loss_sum, errors, count = sums.tolist()
+        if count == 0 and len(self.train_loader) > 0:
+            raise self._nonfinite(epoch, "every batch of the epoch had a non-finite loss")
         return loss_sum / max(count, 1.0), errors / max(count, 1.0)
+
+    def _loss_is_finite(self, loss: torch.Tensor, epoch: int, batch: int) -> bool:
+        """``True`` for a finite loss; otherwise skip (``False``) or raise, per ``on_nan``."""
+        bad = (~torch.isfinite(loss.detach())).to(torch.float64).reshape(1)
+        all_reduce_sum(bad, self.dist)  # every process skips or stops together
+        if not bool(bad.item()):
+            self._last_finite = float(loss.detach())
+            return True
+        what = f"non-finite loss ({float(loss.detach())}) at batch {batch + 1}"
+        if self.config.on_nan == "skip":
+            log.warning("epoch %d step %d: %s; skipping the batch", epoch + 1, self.step, what)
+            return False
+        raise self._nonfinite(epoch, what)
+
+    def _nonfinite(self, epoch: int, what: str) -> NonFiniteLossError:
+        kept = (
+            f"the last good checkpoint (epoch {self.checkpoint_epoch}) is kept in {self.out_dir}"
+            if self.checkpoint_epoch is not None
+            else "no checkpoint was written yet"
+        )
+        last = "none" if self._last_finite is None else f"{self._last_finite:.6g}"
+        return NonFiniteLossError(
+            f"training stopped: {what} in epoch {epoch + 1}, step {self.step}; last finite loss "
+            f"{last}; {kept}. Lower the learning rate, set a gradient clip, or skip such "
+            "batches (on_nan='skip', --on-nan skip)",
+            epoch=epoch + 1,
+            step=self.step,
+            last_finite=self._last_finite,
+            checkpoint_epoch=self.checkpoint_epoch,
+        )
 
     @torch.no_grad()
     def evaluate(self, data: Dataset[Any], *, batch_size: int = 512) -> dict[str, float]:
@@ -300,15 +404,21 @@ class Trainer:
     # ------------------------------------------------------------------------ files and state
 
     def _write_metrics(self) -> None:
-        assert self.out_dir is not None
+        assert self.run is not None
+        # an empty cell (JSON null) means "not measured" (no test set); NaN is written as nan
+        unmeasured = {"test_loss", "test_error"} if self.test_data is None else set()
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in self.history:
-            writer.writerow({k: _csv_value(k, row[k]) for k in METRIC_FIELDS})
-        atomic_write_text(self.out_dir / "metrics.csv", buf.getvalue())
-        doc = {"config": self.config.to_dict(), "epochs": [_json_row(r) for r in self.history]}
-        atomic_write_text(self.out_dir / "metrics.json", json.dumps(doc, indent=1) + "\n")
+            writer.writerow({k: _csv_value(k, row[k], k in unmeasured) for k in METRIC_FIELDS})
+        self.run.write_text("metrics.csv", buf.getvalue(), save=False)
+        doc = {
+            "config": self.config.to_dict(),
+            "epochs": [_json_row(r, unmeasured) for r in self.history],
+        }
+        text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+        self.run.write_text("metrics.json", text)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights needed to continue exactly: optimizer, schedule, RNG."""
@@ -318,33 +428,57 @@ class Trainer:
             "scheduler": {"schedule": self.config.schedule, "step": self.step},
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": _rng_state(),
-            "history": [_json_row(r) for r in self.history],
+            "history": [_json_row(r, set()) for r in self.history],
             "config": self.config.to_dict(),
+            "identity": self.identity,
         }
 
     def save_checkpoint(self, out_dir: str | os.PathLike[str]) -> Path:
-        """Write the checkpoint of the current epoch to ``out_dir`` (atomic; see checkpoint)."""
-        return write_checkpoint(out_dir, self.epoch, self.model, self.state_dict())
+        """Write the checkpoint of the current epoch (atomic; see :mod:`~skipkit.train.checkpoint`).
+
+        ``out_dir`` must be this trainer's run folder, claimed by :meth:`fit`.
+        """
+        if self.run is None or Path(out_dir) != self.run.path:
+            raise ValueError(f"{out_dir} is not the run folder of this fit() call")
+        path = write_checkpoint(self.run, self.epoch, self.model, self.state_dict())
+        self.checkpoint_epoch = self.epoch
+        return path
 
     def load_checkpoint(self, out_dir: str | os.PathLike[str]) -> bool:
         """Restore weights, optimizer, schedule position, RNG and history from ``out_dir``.
 
-        Returns ``False`` (and starts fresh) when ``out_dir`` has no checkpoint. In a single
-        process the continued run is bit-identical to an uninterrupted one on CPU; under DDP
-        rank 0 restores its RNG state and the other ranks reseed from (seed, rank, epoch).
+        Returns ``False`` (and starts fresh) when ``out_dir`` has no checkpoint. Falls back to
+        the newest checkpoint that verifies, and says so. In a single process the continued
+        run is bit-identical to an uninterrupted one on CPU; under DDP rank 0 restores its RNG
+        state and the other ranks reseed from (seed, rank, epoch).
+
+        Raises:
+            CheckpointError: no checkpoint verifies, or it records another config, model or
+                data (each differing key listed, old -> new); only :data:`RESUMABLE_CHANGES`
+                may differ, and ``epochs`` may only grow.
         """
         found = read_checkpoint(out_dir)
         if found is None:
             if self._show:
                 log.info("no checkpoint in %s; starting from scratch", out_dir)
             return False
-        epoch, weights, state = found
-        self.model.load_state_dict(weights)
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.epoch, self.step = epoch, int(state["step"])
-        self.history = [{k: _from_json(v) for k, v in r.items()} for r in state["history"]]
+        for note in found.skipped:
+            log.warning("skipping a damaged checkpoint: %s", note)
+        if found.skipped:
+            log.warning("resuming from the newest checkpoint that verifies: epoch %d", found.epoch)
+        epoch, weights, state = found.epoch, found.weights, found.state
+        self._check_resumable(found.path, epoch, state)
+        try:
+            self.model.load_state_dict(weights)
+            self.optimizer.load_state_dict(state["optimizer"])
+            if self.scaler is not None and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            self.epoch, self.step = epoch, int(state["step"])
+            self.history = [{k: _from_json(v) for k, v in r.items()} for r in state["history"]]
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            text = " ".join(str(exc).split())[:300]
+            raise CheckpointError(f"cannot be restored ({text})", path=found.path) from None
+        self.checkpoint_epoch = epoch
         if self.dist.is_main:
             _set_rng_state(state["rng"])
         else:
@@ -352,6 +486,34 @@ class Trainer:
         if self._show:
             log.info("resumed from %s at epoch %d (step %d)", out_dir, epoch, self.step)
         return True
+
+    def _check_resumable(self, path: Path, epoch: int, state: dict[str, Any]) -> None:
+        old_cfg = state.get("config") or {}
+        new_cfg = self.config.to_dict()
+        diffs = [
+            f"{k} {_short(old_cfg.get(k))} -> {_short(new_cfg.get(k))}"
+            for k in sorted(set(old_cfg) | set(new_cfg))
+            if k not in RESUMABLE_CHANGES and _norm(old_cfg.get(k)) != _norm(new_cfg.get(k))
+        ]
+        old_id, new_id = _flatten(state.get("identity") or {}), _flatten(self.identity)
+        diffs += [
+            f"{k} {_short(old_id.get(k))} -> {_short(new_id.get(k))}"
+            for k in sorted(set(old_id) | set(new_id))
+            if _norm(old_id.get(k)) != _norm(new_id.get(k))
+        ]
+        if diffs:
+            raise CheckpointError(
+                f"cannot resume: this run differs from the checkpoint in {', '.join(diffs)}; "
+                "only --epochs may change (to extend the run). Start a new run with a new "
+                "--out, or replace this one with --overwrite",
+                path=path,
+            )
+        if epoch > self.config.epochs:
+            raise CheckpointError(
+                f"cannot resume: the checkpoint is at epoch {epoch}, beyond epochs="
+                f"{self.config.epochs}; --epochs may only extend a run",
+                path=path,
+            )
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -409,22 +571,132 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
 
 
-def _json_row(row: dict[str, float]) -> dict[str, float | int | None]:
-    # JSON has no NaN; a missing test set is null
-    out: dict[str, float | int | None] = {}
+def _json_row(row: dict[str, float], unmeasured: set[str]) -> dict[str, Any]:
+    # JSON has no NaN: null is "not measured", a non-finite value is the string "nan"/"inf"
+    out: dict[str, Any] = {}
     for k, v in row.items():
-        out[k] = int(v) if k == "epoch" else (None if math.isnan(v) else v)
+        if k == "epoch":
+            out[k] = int(v)
+        elif k in unmeasured:
+            out[k] = None
+        else:
+            out[k] = v if math.isfinite(v) else str(v)
     return out
 
 
-def _from_json(v: float | None) -> float:
+def _from_json(v: float | str | None) -> float:
     return math.nan if v is None else float(v)
 
 
-def _csv_value(key: str, v: float) -> str:
+def _csv_value(key: str, v: float, unmeasured: bool) -> str:
     if key == "epoch":
         return str(int(v))
-    return "" if math.isnan(v) else repr(float(v))
+    return "" if unmeasured else repr(float(v))
+
+
+def check_classifier(model: nn.Module, data: Dataset[Any]) -> None:
+    """Refuse a model that cannot classify ``data``: one eval-mode forward of two items.
+
+    The logits ``(N, K)`` must have ``K`` above every label (all labels of a tensor-backed
+    dataset, else those of the two items).
+
+    Raises:
+        ValueError: the forward fails, or the output is not ``(N, K)`` with enough classes.
+    """
+    n = len(data)  # type: ignore[arg-type]
+    if n == 0:
+        raise ValueError("the training data is empty")
+    if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
+        x, y, labels = data.tensors[0][:2], data.tensors[1][:2], data.tensors[1]
+    else:
+        items = [data[i] for i in range(min(2, n))]
+        x = torch.stack([torch.as_tensor(it[0]) for it in items])
+        y = torch.as_tensor([int(it[1]) for it in items])
+        labels = getattr(data, "labels", y)
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(x.to(device))
+    except (RuntimeError, IndexError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise ValueError(
+            f"{type(model).__name__} cannot take the training data: inputs of shape "
+            f"{tuple(x.shape)} fail ({reason}); build the model for this data (in_channels, "
+            "dims, ...)"
+        ) from None
+    finally:
+        model.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"{type(model).__name__} returns {shape} for inputs {tuple(x.shape)}; the trainer "
+            "needs logits of shape (N, num_classes)"
+        )
+    top = int(torch.as_tensor(labels).max()) if torch.as_tensor(labels).numel() else -1
+    if out.shape[1] <= top:
+        raise ValueError(
+            f"{type(model).__name__} has {out.shape[1]} outputs, but the data has labels up to "
+            f"{top}: build it with num_classes >= {top + 1}"
+        )
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """Class and a hash of the parameter/buffer names, shapes and dtypes of ``model``."""
+    sd = model.state_dict()
+    text = "\n".join(f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in sd.items())
+    cls = type(model)
+    return {
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+        "tensors": len(sd),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "sha256": sha256_bytes(text.encode()),
+    }
+
+
+def data_fingerprint(data: Dataset[Any] | None) -> dict[str, Any] | None:
+    """Size and (for tensor-backed datasets) a hash of the contents of ``data``.
+
+    Items are never drawn: an augmenting dataset would consume random numbers.
+    """
+    if data is None:
+        return None
+    tensors: Sequence[torch.Tensor] = ()
+    if isinstance(data, TensorDataset):
+        tensors = data.tensors
+    elif isinstance(getattr(data, "images", None), torch.Tensor):
+        tensors = (data.images, data.labels)  # type: ignore[attr-defined]
+    doc: dict[str, Any] = {"size": len(data), "type": type(data).__name__}  # type: ignore[arg-type]
+    if tensors:
+        h = hashlib.sha256()
+        for t in tensors:
+            h.update(str((tuple(t.shape), t.dtype)).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+        doc["sha256"] = h.hexdigest()
+    return doc
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _norm(v: Any) -> Any:
+    # JSON turns tuples into lists; compare the JSON forms
+    return json.loads(json.dumps(v, default=str))
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, default=str)
+    if isinstance(v, str) and len(v) == 64:  # a hash: the head is enough to tell them apart
+        return text[:11] + '..."'
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _format_row(row: dict[str, float], epochs: int) -> str:
