@@ -50,7 +50,7 @@ def test_models_lists_the_registry(capsys: pytest.CaptureFixture[str]) -> None:
         (["degradation", "--depths", "20,57"], "depth 57 is not 6n+2"),
         (["degradation", "--depths", "20,x"], "comma-separated integers"),
         (["degradation", "--epochs", "abc"], "expected a whole number, got 'abc'"),
-        (["train", "--model", "resnet20", "--lr", "fast"], "invalid float value"),
+        (["train", "--model", "resnet20", "--lr", "fast"], "expected a number, got 'fast'"),
         (
             ["train", "--model", "resnet20", "--dataset", "cifar10", "--data-dir", "/nope"],
             "--download",

@@ -96,7 +96,7 @@ def test_identity_differences_are_listed(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=1, batch_size=16, out_dir=tmp_path, quiet=True)
     Trainer(_model(), train, test, cfg, identity={"model_options": {"skip": True}}).fit()
     cfg = TrainConfig(epochs=2, batch_size=16, out_dir=tmp_path, quiet=True, resume=True)
-    with pytest.raises(CheckpointError, match="model_options.skip true -> false"):
+    with pytest.raises(CheckpointError, match=r"model_options\.skip true -> false"):
         Trainer(_model(), train, test, cfg, identity={"model_options": {"skip": False}}).fit()
 
 
@@ -124,7 +124,7 @@ def test_checkpoint_json_that_is_a_folder_is_refused_before_training(tmp_path: P
     _fit(tmp_path, epochs=1)
     (tmp_path / "checkpoint.json").unlink()
     (tmp_path / "checkpoint.json").mkdir()
-    with pytest.raises(ValueError, match="checkpoint.json.*not a regular file"):
+    with pytest.raises(ValueError, match=r"checkpoint\.json.*not a regular file"):
         _fit(tmp_path, epochs=2, resume=True)
 
 

@@ -580,7 +580,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         overwrite=args.overwrite,
     )
-    say(args, f"training {args.model} -> {out}")
     hist = trainer.fit()
     teardown()
     if trainer.dist.is_main:

@@ -15,6 +15,9 @@ stdout. User mistakes raise ``ValueError`` (one line and exit status 2 on the co
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
+import logging
 import math
 import os
 import sys
@@ -30,6 +33,8 @@ from skipkit._io import RunFolder, open_run
 from skipkit.cli import claim_out, echo, out_folder, say
 
 __all__: list[str] = []
+
+log = logging.getLogger(__name__)
 
 LANDSCAPE_FILES = ("landscape.npz", "landscape.json", "landscape.png", "landscape.ckpt.npz")
 BYTES_PER_POINT = 64  # loss, accuracy, done flags, coordinates and their copies, rounded up
@@ -85,8 +90,10 @@ def _build(
     if args.weights:
         from skipkit.models._blocks import load_weights
 
+        said = io.StringIO()  # torch.hub prints "Downloading: ..." on stdout
         try:
-            load_weights(model, args.weights)
+            with contextlib.redirect_stdout(said):
+                load_weights(model, args.weights)
         except OSError as exc:
             if isinstance(exc, FileNotFoundError) or "://" not in str(args.weights):
                 raise
@@ -95,6 +102,8 @@ def _build(
                 f"cannot fetch --weights {args.weights} ({reason}); check the address and the "
                 "network, or pass a local file"
             ) from None
+        if said.getvalue().strip():
+            log.info(said.getvalue().strip())
     return model.to(device)
 
 
