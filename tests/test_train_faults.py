@@ -130,7 +130,8 @@ for i, (kind, where) in enumerate(points):
     )
     results.append({"kind": kind, "at": where, "killed": killed, "exact": exact,
                      "resume_status": resumed, "tmp": tmp_files(out)})
-json.dump({"ops": total, "chosen": len(chosen), "results": results}, open(os.path.join(root, "faults.json"), "w"))
+with open(os.path.join(root, "faults.json"), "w") as f:
+    json.dump({"ops": total, "chosen": len(chosen), "results": results}, f)
 """
 
 
