@@ -81,7 +81,8 @@ class _VersionAction(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kw: Any) -> None:
-        parser.exit(0, f"skipkit {_version()}\n")  # looked up only when asked for
+        echo(f"skipkit {_version()}")  # looked up only when asked for
+        parser.exit(0)
 
 
 # ------------------------------------------------------------------------------------ parsers
@@ -463,6 +464,7 @@ def _degradation(
             out_dir=run,
             workers=workers,
             resume=args.resume,
+            overwrite=args.overwrite,
             progress=not args.quiet and sys.stderr.isatty(),
             **kw,
         )

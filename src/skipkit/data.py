@@ -102,7 +102,7 @@ def mnist1d(
         buf = _npz_bytes(arrays)
         try:
             atomic_write_bytes(path, buf)
-            log.info("cached MNIST-1D at %s", path)
+            log.debug("cached MNIST-1D at %s", path)
         except OSError as exc:  # a read-only home must not stop an experiment
             log.warning("could not cache MNIST-1D at %s: %s", path, exc)
 

@@ -52,8 +52,13 @@ def _device(name: str | None) -> torch.device:
 
 
 def _dataset(args: argparse.Namespace) -> tuple[Any, Any, Any]:
+    import skipkit.models as models
     from skipkit.data import DATASETS, get_dataset
 
+    names = args.model if isinstance(args.model, list) else [args.model]
+    for name in names or ():
+        if not models.is_registered(name):
+            models.create(name)  # an unknown name fails before the data is loaded
     key = args.dataset.lower().replace("-", "").replace("_", "")
     train, test = get_dataset(args.dataset, root=args.data_dir)
     return DATASETS[key], train, test

@@ -303,10 +303,12 @@ def run_degradation(
             owned = True
         try:
             out = run.path
+            # an overwritten experiment's nested runs were emptied; what is left there is foreign
+            flags = {"resume": resume, "overwrite": overwrite}
             jobs = [
                 _Job(d, s, dataset, None if root is None else str(root), cfg, threads)
                 for d, s in jobs_spec
-                for cfg in [{**base, "out_dir": str(out / "runs" / _name(d, s)), "resume": resume}]
+                for cfg in [{**base, "out_dir": str(out / "runs" / _name(d, s)), **flags}]
             ]
             run.expect(*(f"runs/{j.name}/" for j in jobs), "results.json")
             runs = _run_jobs(jobs, workers, run, epochs, progress)

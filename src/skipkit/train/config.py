@@ -33,9 +33,10 @@ RESUMABLE_CHANGES = (
     "device",
     "num_workers",
     "compile",
+    "on_nan",
 )
-"""Fields a resumed run may change: ``epochs`` (to extend it) and where/how it runs; any other
-difference from the checkpoint's config refuses to resume."""
+"""Fields a resumed run may change: ``epochs`` (to extend it), where/how it runs, and what a
+non-finite loss does; any other difference from the checkpoint's config refuses to resume."""
 SCHEDULES = ("onecycle", "cosine", "step", "none")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 
