@@ -59,6 +59,30 @@ def test_mnist1d_cache_is_reused_and_rebuilt_when_corrupt(mnist_root: Path) -> N
         assert npz["x"].shape == (4000, 40)
 
 
+@pytest.mark.parametrize("damage", ["truncated-zip", "empty", "wrong-keys", "wrong-shape", "pipe"])
+def test_corrupt_mnist1d_cache_is_rebuilt_with_a_warning(
+    mnist_root: Path, tmp_path: Path, damage: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    good = (mnist_root / "mnist1d_seed42.npz").read_bytes()
+    path = tmp_path / "mnist1d_seed42.npz"
+    if damage == "truncated-zip":
+        path.write_bytes(good[: len(good) // 3])  # BadZipFile inside numpy
+    elif damage == "empty":
+        path.write_bytes(b"")
+    elif damage == "wrong-keys":
+        np.savez(path, a=np.zeros(3))
+    elif damage == "wrong-shape":
+        np.savez(
+            path, x=np.zeros((5, 3)), y=np.zeros(5), x_test=np.zeros((2, 3)), y_test=np.zeros(2)
+        )
+    else:
+        os.mkfifo(path)  # refused without reading (reading would block forever)
+    rebuilt, _ = data.mnist1d(root=tmp_path)
+    assert rebuilt.tensors[0].shape == (4000, 1, 40)
+    assert "MNIST-1D cache" in caplog.text and "rebuilding it" in caplog.text
+    assert path.is_file() and path.read_bytes() == good
+
+
 def test_cache_dir_follows_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("SKIPKIT_CACHE", str(tmp_path))
     assert data.cache_dir() == tmp_path

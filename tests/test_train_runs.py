@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +219,34 @@ def test_too_few_classes_are_refused_before_training(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"cannot take the training data: inputs of shape"):
         Trainer(nn.Linear(5, 4), train)
     assert not (tmp_path / "r").exists()
+
+
+# ---------------------------------------------------------------------------- load_weights
+
+
+def test_one_safe_load_weights(tmp_path: Path) -> None:
+    import skipkit.models
+    import skipkit.train
+    from skipkit._io import read_state_dict
+
+    assert skipkit.train.load_weights is skipkit.models.load_weights
+    model = _model()
+    torch.save(model.state_dict(), tmp_path / "w.pt")
+    fresh = _model(width=4)
+    with torch.no_grad():
+        for p in fresh.parameters():
+            p.zero_()
+    skipkit.train.load_weights(fresh, tmp_path / "w.pt")
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(fresh.state_dict().values(), model.state_dict().values(), strict=True)
+    )
+    os.mkfifo(tmp_path / "pipe.pt")
+    with pytest.raises(CheckpointError, match=r"pipe\.pt: is not a regular file"):
+        skipkit.train.load_weights(fresh, tmp_path / "pipe.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "w.pt").read_bytes()[:100])
+    with pytest.raises(CheckpointError, match=r"cut\.pt: is not a readable torch checkpoint"):
+        read_state_dict(tmp_path / "cut.pt")
+    (tmp_path / "dir.pt").mkdir()
+    with pytest.raises(CheckpointError, match=r"dir\.pt: is a folder"):
+        read_state_dict(tmp_path / "dir.pt")

@@ -310,7 +310,8 @@ def run_degradation(
                 for d, s in jobs_spec
                 for cfg in [{**base, "out_dir": str(out / "runs" / _name(d, s)), **flags}]
             ]
-            run.expect(*(f"runs/{j.name}/" for j in jobs), "results.json")
+            # the report's names too, so a report written later belongs to this run
+            run.expect(*(f"runs/{j.name}/" for j in jobs), *DEGRADATION_FILES)
             runs = _run_jobs(jobs, workers, run, epochs, progress)
             result = DegradationResult(
                 dataset=dataset,
