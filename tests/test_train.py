@@ -21,7 +21,8 @@ import torch
 from torch import nn
 
 from skipkit import CheckpointError
-from skipkit._io import RunFolder, atomic_write_bytes, open_run
+from skipkit._io import atomic_write_bytes
+from skipkit._runs import RunFolder, open_run
 from skipkit.data import synthetic
 from skipkit.train import (
     METRIC_FIELDS,

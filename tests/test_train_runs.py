@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from skipkit import CheckpointError
-from skipkit._io import LOCK_NAME, MANIFEST_NAME, open_run
+from skipkit._runs import LOCK_NAME, MANIFEST_NAME, open_run
 from skipkit.data import synthetic
 from skipkit.train import NonFiniteLossError, TrainConfig, Trainer, seed_everything
 

@@ -13,7 +13,7 @@ Other modules add subcommands: each module named in :data:`EXTENSIONS` that exis
 ``TypeError``, ``FileNotFoundError``) becomes one ``skipkit: error: ...`` line and status 2; a
 non-finite training loss one line and status 3; ``--traceback`` shows the full trace instead.
 
-Every command writes into a run folder (:func:`skipkit._io.open_run`): the default ``--out``
+Every command writes into a run folder (:func:`skipkit._runs.open_run`): the default ``--out``
 is a new folder per run; a folder holding an earlier run or foreign files is refused unless
 ``--resume`` or ``--overwrite`` says what to do. Parsing and ``--help`` import no torch.
 """
@@ -111,7 +111,7 @@ def add_out(p: argparse.ArgumentParser, command: str, *, resume: str | None = RE
     g.add_argument("--quiet", action="store_true", help="no progress output")
 
 
-def _add_recipe(p: argparse.ArgumentParser, *, epochs: int) -> None:
+def add_recipe(p: argparse.ArgumentParser, *, epochs: int) -> None:
     g = p.add_argument_group("training recipe (defaults: He et al.'s CIFAR ResNet recipe)")
     g.add_argument(
         "--epochs",
@@ -167,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     parser.add_argument("--traceback", action="store_true", help="show the full trace on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for register in (_demo_parser, _degradation_parser, _train_parser, _models_parser):
+    from skipkit import _cli_train  # it uses this module's helpers
+
+    for register in (_demo_parser, _degradation_parser, _cli_train.add_parsers, _models_parser):
         register(sub)
     for name in EXTENSIONS:
         try:
@@ -239,7 +241,7 @@ def _degradation_parser(sub: Any) -> None:
         help=f"comma-separated depths, each 6n+2, at most {MAX_DEPTH}",
     )
     add_data(p)
-    _add_recipe(p, epochs=30)
+    add_recipe(p, epochs=30)
     p.add_argument(
         "--workers",
         type=integer(1, 256),
@@ -253,79 +255,6 @@ def _degradation_parser(sub: Any) -> None:
     )
     add_out(p, "degradation")
     p.set_defaults(func=_cmd_degradation)
-
-
-def _train_parser(sub: Any) -> None:
-    p = add_parser(
-        sub,
-        "train",
-        examples=(
-            "skipkit train --model resnet20 --epochs 10 --out runs/r20",
-            "skipkit train --model resnet20 --epochs 20 --out runs/r20 --resume  # 10 more",
-            "skipkit train --model resnet56 --no-skip --dataset cifar10 --data-dir ~/data",
-        ),
-        help="train one registered model (checkpoints every epoch, --resume)",
-        description="Train a model from the registry (see 'skipkit models') on a dataset. "
-        "Writes metrics.csv/json, checkpoints and model.safetensors to --out. Under "
-        "'torchrun --nproc-per-node N skipkit train ...' it trains with DDP.",
-    )
-    g = p.add_argument_group("model")
-    g.add_argument("--model", required=True, help="registry name, e.g. resnet20 or resnet56")
-    g.add_argument("--no-skip", action="store_true", help="build the plain twin (skip=False)")
-    g.add_argument(
-        "--model-arg",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra keyword for the model builder (repeatable), e.g. shortcut=B",
-    )
-    d = add_data(p)
-    d.add_argument("--augment", action="store_true", help="CIFAR: pad-4 crop + flip")
-    d.add_argument("--download", action="store_true", help="CIFAR: fetch with torchvision")
-    _add_recipe(p, epochs=30)
-    g = p.add_argument_group("more training options")
-    g.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd", help="optimizer")
-    g.add_argument("--nesterov", action="store_true", help="Nesterov momentum (SGD)")
-    g.add_argument(
-        "--milestones",
-        type=int_list,
-        default=None,
-        help="epochs at which --schedule step decays (default: 1/2 and 3/4 of --epochs)",
-    )
-    g.add_argument(
-        "--gamma",
-        type=real(0, 1, low_open=True),
-        default=None,
-        help="decay factor of --schedule step (default: 0.1)",
-    )
-    g.add_argument(
-        "--warmup-epochs", type=real(0, 100_000), default=0.0, help="linear warm-up (epochs)"
-    )
-    g.add_argument(
-        "--label-smoothing", type=real(0, 1, high_open=True), default=0.0, help="of the loss"
-    )
-    g.add_argument(
-        "--grad-clip",
-        type=real(0, 1e6, low_open=True),
-        default=None,
-        help="max global gradient norm (default: none, no clipping)",
-    )
-    g.add_argument(
-        "--amp", choices=("auto", "bf16", "fp16", "off"), default="auto", help="CUDA precision"
-    )
-    g.add_argument("--channels-last", action="store_true", help="channels-last 4-D tensors")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--num-workers", type=integer(0, 64), default=0, help="DataLoader workers")
-    g.add_argument(
-        "--on-nan",
-        choices=("stop", "skip"),
-        default="stop",
-        help="a non-finite loss stops training (exit status 3, last checkpoint kept) or skips "
-        "that batch",
-    )
-    add_out(p, "train")
-    p.set_defaults(func=_cmd_train)
 
 
 def _models_parser(sub: Any) -> None:
@@ -347,7 +276,7 @@ def _models_parser(sub: Any) -> None:
 
 def out_folder(args: argparse.Namespace) -> None:
     """Refuse an unusable ``--out`` and ``--resume`` without ``--out``, creating nothing."""
-    from skipkit._io import check_out_dir
+    from skipkit._runs import check_out_dir
 
     if args.resume and args.out is None:
         raise ValueError("--resume needs --out: the folder of the run to continue")
@@ -357,12 +286,12 @@ def out_folder(args: argparse.Namespace) -> None:
 
 def claim_out(args: argparse.Namespace, command: str) -> Path:
     """``--out``, or a new unused folder ``runs/<command>/<date-time>`` (created now)."""
-    from skipkit._io import new_run_dir
+    from skipkit._runs import new_run_dir
 
     return Path(args.out) if args.out is not None else new_run_dir(Path("runs") / command)
 
 
-def _recipe(args: argparse.Namespace) -> dict[str, Any]:
+def recipe_options(args: argparse.Namespace) -> dict[str, Any]:
     """The recipe options after the checks that need several of them; refuses settings that
     would be recorded but not used."""
     if args.momentum is not None and getattr(args, "optimizer", "sgd") != "sgd":
@@ -418,7 +347,7 @@ def _cmd_degradation(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         root=args.data_dir,
         diagnostics=args.diagnostics,
-        **_recipe(args),
+        **recipe_options(args),
     )
 
 
@@ -435,7 +364,7 @@ def _degradation(
     quick: bool = False,
     **kw: Any,
 ) -> int:
-    from skipkit._io import open_run
+    from skipkit._runs import open_run
     from skipkit.data import get_dataset
     from skipkit.experiments import check_depth, format_table, run_degradation
     from skipkit.experiments.degradation import DEGRADATION_FILES
@@ -508,90 +437,6 @@ def _diagnostics_sections() -> Callable[..., Any] | None:
             return None
         raise
     return report_sections
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
-    import skipkit.models as models
-    from skipkit.data import DATASETS, get_dataset
-    from skipkit.train import TrainConfig, Trainer, seed_everything, teardown
-    from skipkit.train.trainer import check_classifier
-
-    key = args.dataset.lower().replace("-", "").replace("_", "")
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {args.dataset!r}; choose one of {', '.join(DATASETS)}")
-    recipe = _recipe(args)
-    if (args.gamma is not None or args.milestones) and args.schedule != "step":
-        raise ValueError("--gamma and --milestones apply to --schedule step only")
-    if args.milestones and not all(1 <= m <= args.epochs for m in args.milestones):
-        raise ValueError(f"--milestones must lie in 1..{args.epochs} (--epochs)")
-    if args.warmup_epochs > args.epochs:
-        raise ValueError(f"--warmup-epochs {args.warmup_epochs:g} exceeds --epochs {args.epochs}")
-    out_folder(args)
-    spec = DATASETS[key]
-    cfg = TrainConfig(
-        **recipe,
-        optimizer=args.optimizer,
-        nesterov=args.nesterov,
-        milestones=tuple(args.milestones) if args.milestones else None,
-        gamma=0.1 if args.gamma is None else args.gamma,
-        warmup_epochs=args.warmup_epochs,
-        label_smoothing=args.label_smoothing,
-        grad_clip=args.grad_clip,
-        amp=args.amp,
-        channels_last=args.channels_last,
-        compile=args.compile,
-        num_workers=args.num_workers,
-        resume=False,
-        quiet=args.quiet,
-        on_nan=args.on_nan,
-    )
-    # build the model before loading data, so a bad model option fails at once
-    seed_everything(cfg.seed)
-    model_kw: dict[str, Any] = {
-        "num_classes": spec.num_classes,
-        "in_channels": spec.in_channels,
-        "dims": spec.dims,
-        "skip": not args.no_skip,
-    }
-    model_kw.update(dict(args.model_arg))
-    if not models.is_registered(args.model):
-        models.create(args.model)  # raises the ValueError with close matches
-    try:
-        model = models.create(args.model, **model_kw)
-    except TypeError as exc:
-        raise ValueError(f"cannot build {args.model} for {args.dataset}: {exc}") from exc
-    data_kw: dict[str, Any] = {}
-    if key in ("cifar10", "cifar100"):
-        data_kw = {"augment": args.augment, "download": args.download}
-    train, test = get_dataset(key, root=args.data_dir, **data_kw)
-    check_classifier(model, train)  # before a default --out is created
-    identity = {
-        "model_name": args.model,
-        "model_options": model_kw,
-        "dataset": key,
-        "augment": bool(args.augment),
-    }
-    out = claim_out(args, "train")
-    trainer = Trainer(
-        model,
-        train,
-        test,
-        cfg,
-        identity=identity,
-        out_dir=str(out),
-        resume=args.resume,
-        overwrite=args.overwrite,
-    )
-    hist = trainer.fit()
-    teardown()
-    if trainer.dist.is_main:
-        last = hist[-1]
-        echo(
-            f"{args.model}{' (plain)' if args.no_skip else ''}: train error "
-            f"{100 * last['train_error']:.2f}%, test error {100 * last['test_error']:.2f}% "
-            f"after {int(last['epoch'])} epochs; weights: {out / 'model.safetensors'}"
-        )
-    return 0
 
 
 def _cmd_models(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 The parsers are in :mod:`skipkit._cli_diagnostics` (torch-free, for a fast ``--help``). Each
 command checks its inputs (model, weights, data, grid size) before it claims its run folder
-(:func:`skipkit._io.open_run`), then writes JSON and PNG files there and a short summary to
+(:func:`skipkit._runs.open_run`), then writes JSON and PNG files there and a short summary to
 stdout. User mistakes raise ``ValueError`` (one line and exit status 2 on the command line).
 
 ::
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from skipkit._cli_diagnostics import VARIANTS
-from skipkit._io import RunFolder, open_run
+from skipkit._runs import RunFolder, open_run
 from skipkit.cli import claim_out, echo, out_folder, say
 
 __all__: list[str] = []
@@ -126,7 +126,7 @@ def _check(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     """The model must classify the batch (``num_classes`` above every label)."""
     from torch.utils.data import TensorDataset
 
-    from skipkit.train.trainer import check_classifier
+    from skipkit.train.identity import check_classifier
 
     check_classifier(model, TensorDataset(x.cpu(), y.cpu()))
 

@@ -7,7 +7,7 @@ the training set worse); with skips depth stops hurting.
 
 The runs are independent, so they are spread over worker processes (one per CPU core by
 default, each with its own share of the threads) and written to ``out_dir/runs/<name>/``.
-``out_dir`` is a run folder (:func:`skipkit._io.open_run`) and each ``runs/<name>/`` is a
+``out_dir`` is a run folder (:func:`skipkit._runs.open_run`) and each ``runs/<name>/`` is a
 nested training run folder, so a fresh experiment never mixes with or deletes an earlier one.
 """
 
@@ -29,7 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from skipkit._io import RunFolder, atomic_write_text, open_run, read_json
+from skipkit._io import atomic_write_text, read_json
+from skipkit._runs import RunFolder, open_run
 from skipkit.data import DATASETS, get_dataset
 from skipkit.train import TrainConfig, Trainer, seed_everything
 
@@ -245,8 +246,8 @@ def run_degradation(
             :class:`~skipkit.train.TrainConfig` fields via ``train_kw``.
         out_dir: each run writes metrics, checkpoints and weights to ``out_dir/runs/<name>``
             and the result goes to ``out_dir/results.json``; ``None`` uses a temporary folder.
-            A path is claimed with :func:`skipkit._io.open_run` (an earlier experiment there
-            is refused unless ``resume`` or ``overwrite``); a :class:`~skipkit._io.RunFolder`
+            A path is claimed with :func:`skipkit._runs.open_run` (an earlier experiment there
+            is refused unless ``resume`` or ``overwrite``); a :class:`~skipkit._runs.RunFolder`
             already claimed by the caller is used as it is.
         workers: parallel worker processes; ``None`` means one per CPU core (at most one per
             run) on CPU and 1 on CUDA. ``1`` trains in this process.

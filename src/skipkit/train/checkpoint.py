@@ -23,23 +23,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import re
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
 
 from skipkit._io import (
-    RunFolder,
     atomic_write_bytes,
     atomic_write_text,
     read_json,
-    read_manifest,
     read_regular_bytes,
     sha256_bytes,
 )
+from skipkit._runs import RunFolder, read_manifest
 from skipkit.errors import CheckpointError
 
 __all__ = [
@@ -50,7 +51,9 @@ __all__ = [
     "decode_state",
     "encode_state",
     "read_checkpoint",
+    "rng_state",
     "save_weights",
+    "set_rng_state",
     "write_checkpoint",
 ]
 
@@ -238,3 +241,27 @@ def _load(
     if not isinstance(state, dict):
         raise CheckpointError("holds no training state", path=path)
     return loaded[0], state
+
+
+def rng_state() -> dict[str, Any]:
+    """The python, numpy and torch (CPU and CUDA) generator states, JSON + tensors."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    assert isinstance(keys, np.ndarray)
+    version, internal, gauss_next = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
+        "python": [version, list(internal), gauss_next],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))

@@ -9,7 +9,7 @@ What one epoch does::
         backward; [unscale]; on_after_backward; [clip]; optimizer step; on_step_end
     evaluate(test); write metrics.csv/json; write checkpoint; on_epoch_end
 
-``out_dir`` is a run folder (:func:`skipkit._io.open_run`): a fresh run refuses a folder that
+``out_dir`` is a run folder (:func:`skipkit._runs.open_run`): a fresh run refuses a folder that
 holds an earlier run or foreign files (``overwrite=True`` removes only the earlier run's
 files), and ``resume=True`` refuses a checkpoint whose config, model or data differ.
 
@@ -20,7 +20,6 @@ shard of each epoch, metrics are summed over processes, and only rank 0 writes f
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import logging
@@ -38,14 +37,21 @@ import safetensors.torch
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from skipkit._io import RunFolder, open_run, sha256_bytes
+from skipkit._runs import RunFolder, open_run
 from skipkit.errors import CheckpointError
-from skipkit.train.checkpoint import read_checkpoint, write_checkpoint
-from skipkit.train.config import RESUMABLE_CHANGES, TrainConfig, lr_factor
+from skipkit.train.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
+from skipkit.train.config import TrainConfig, lr_factor
 from skipkit.train.distributed import DistInfo, all_reduce_sum, broadcast_buffers, setup
+from skipkit.train.identity import (
+    check_classifier,
+    data_fingerprint,
+    model_fingerprint,
+    resume_differences,
+)
+from skipkit.train.metrics import csv_value, format_row, from_json, json_row
 
 __all__ = [
     "METRIC_FIELDS",
@@ -262,7 +268,7 @@ class Trainer:
             self.history.append(row)
             self.epoch = epoch + 1
             if self._show:
-                log.info(_format_row(row, cfg.epochs))
+                log.info(format_row(row, cfg.epochs))
             if self.run is not None:
                 self._write_metrics()
                 if cfg.checkpoint:
@@ -411,11 +417,11 @@ class Trainer:
         writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
         writer.writeheader()
         for row in self.history:
-            writer.writerow({k: _csv_value(k, row[k], k in unmeasured) for k in METRIC_FIELDS})
+            writer.writerow({k: csv_value(k, row[k], k in unmeasured) for k in METRIC_FIELDS})
         self.run.write_text("metrics.csv", buf.getvalue(), save=False)
         doc = {
             "config": self.config.to_dict(),
-            "epochs": [_json_row(r, unmeasured) for r in self.history],
+            "epochs": [json_row(r, unmeasured) for r in self.history],
         }
         text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
         self.run.write_text("metrics.json", text)
@@ -427,8 +433,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": {"schedule": self.config.schedule, "step": self.step},
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-            "rng": _rng_state(),
-            "history": [_json_row(r, set()) for r in self.history],
+            "rng": rng_state(),
+            "history": [json_row(r, set()) for r in self.history],
             "config": self.config.to_dict(),
             "identity": self.identity,
         }
@@ -474,13 +480,13 @@ class Trainer:
             if self.scaler is not None and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
             self.epoch, self.step = epoch, int(state["step"])
-            self.history = [{k: _from_json(v) for k, v in r.items()} for r in state["history"]]
+            self.history = [{k: from_json(v) for k, v in r.items()} for r in state["history"]]
         except (KeyError, ValueError, RuntimeError, TypeError) as exc:
             text = " ".join(str(exc).split())[:300]
             raise CheckpointError(f"cannot be restored ({text})", path=found.path) from None
         self.checkpoint_epoch = epoch
         if self.dist.is_main:
-            _set_rng_state(state["rng"])
+            set_rng_state(state["rng"])
         else:
             seed_everything(self.config.seed + 1000 * self.dist.rank + epoch)
         if self._show:
@@ -488,19 +494,7 @@ class Trainer:
         return True
 
     def _check_resumable(self, path: Path, epoch: int, state: dict[str, Any]) -> None:
-        old_cfg = state.get("config") or {}
-        new_cfg = self.config.to_dict()
-        diffs = [
-            f"{k} {_short(old_cfg.get(k))} -> {_short(new_cfg.get(k))}"
-            for k in sorted(set(old_cfg) | set(new_cfg))
-            if k not in RESUMABLE_CHANGES and _norm(old_cfg.get(k)) != _norm(new_cfg.get(k))
-        ]
-        old_id, new_id = _flatten(state.get("identity") or {}), _flatten(self.identity)
-        diffs += [
-            f"{k} {_short(old_id.get(k))} -> {_short(new_id.get(k))}"
-            for k in sorted(set(old_id) | set(new_id))
-            if _norm(old_id.get(k)) != _norm(new_id.get(k))
-        ]
+        diffs = resume_differences(state, self.config.to_dict(), self.identity)
         if diffs:
             raise CheckpointError(
                 f"cannot resume: this run differs from the checkpoint in {', '.join(diffs)}; "
@@ -547,163 +541,3 @@ def _build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.
             weight_decay=cfg.weight_decay,
         )
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-
-
-def _rng_state() -> dict[str, Any]:
-    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
-    assert isinstance(keys, np.ndarray)
-    version, internal, gauss_next = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
-        "numpy": [name, keys.tolist(), pos, has_gauss, gauss],
-        "python": [version, list(internal), gauss_next],
-    }
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
-    version, internal, gauss_next = state["python"]
-    random.setstate((version, tuple(internal), gauss_next))
-
-
-def _json_row(row: dict[str, float], unmeasured: set[str]) -> dict[str, Any]:
-    # JSON has no NaN: null is "not measured", a non-finite value is the string "nan"/"inf"
-    out: dict[str, Any] = {}
-    for k, v in row.items():
-        if k == "epoch":
-            out[k] = int(v)
-        elif k in unmeasured:
-            out[k] = None
-        else:
-            out[k] = v if math.isfinite(v) else str(v)
-    return out
-
-
-def _from_json(v: float | str | None) -> float:
-    return math.nan if v is None else float(v)
-
-
-def _csv_value(key: str, v: float, unmeasured: bool) -> str:
-    if key == "epoch":
-        return str(int(v))
-    return "" if unmeasured else repr(float(v))
-
-
-def check_classifier(model: nn.Module, data: Dataset[Any]) -> None:
-    """Refuse a model that cannot classify ``data``: one eval-mode forward of two items.
-
-    The logits ``(N, K)`` must have ``K`` above every label (all labels of a tensor-backed
-    dataset, else those of the two items).
-
-    Raises:
-        ValueError: the forward fails, or the output is not ``(N, K)`` with enough classes.
-    """
-    n = len(data)  # type: ignore[arg-type]
-    if n == 0:
-        raise ValueError("the training data is empty")
-    if isinstance(data, TensorDataset) and len(data.tensors) >= 2:
-        x, y, labels = data.tensors[0][:2], data.tensors[1][:2], data.tensors[1]
-    else:
-        items = [data[i] for i in range(min(2, n))]
-        x = torch.stack([torch.as_tensor(it[0]) for it in items])
-        y = torch.as_tensor([int(it[1]) for it in items])
-        labels = getattr(data, "labels", y)
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x.to(device))
-    except (RuntimeError, IndexError) as exc:
-        reason = " ".join(str(exc).split())[:300]
-        raise ValueError(
-            f"{type(model).__name__} cannot take the training data: inputs of shape "
-            f"{tuple(x.shape)} fail ({reason}); build the model for this data (in_channels, "
-            "dims, ...)"
-        ) from None
-    finally:
-        model.train(was_training)
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(
-            f"{type(model).__name__} returns {shape} for inputs {tuple(x.shape)}; the trainer "
-            "needs logits of shape (N, num_classes)"
-        )
-    top = int(torch.as_tensor(labels).max()) if torch.as_tensor(labels).numel() else -1
-    if out.shape[1] <= top:
-        raise ValueError(
-            f"{type(model).__name__} has {out.shape[1]} outputs, but the data has labels up to "
-            f"{top}: build it with num_classes >= {top + 1}"
-        )
-
-
-def model_fingerprint(model: nn.Module) -> dict[str, Any]:
-    """Class and a hash of the parameter/buffer names, shapes and dtypes of ``model``."""
-    sd = model.state_dict()
-    text = "\n".join(f"{k}:{tuple(v.shape)}:{v.dtype}" for k, v in sd.items())
-    cls = type(model)
-    return {
-        "class": f"{cls.__module__}.{cls.__qualname__}",
-        "tensors": len(sd),
-        "parameters": sum(p.numel() for p in model.parameters()),
-        "sha256": sha256_bytes(text.encode()),
-    }
-
-
-def data_fingerprint(data: Dataset[Any] | None) -> dict[str, Any] | None:
-    """Size and (for tensor-backed datasets) a hash of the contents of ``data``.
-
-    Items are never drawn: an augmenting dataset would consume random numbers.
-    """
-    if data is None:
-        return None
-    tensors: Sequence[torch.Tensor] = ()
-    if isinstance(data, TensorDataset):
-        tensors = data.tensors
-    elif isinstance(getattr(data, "images", None), torch.Tensor):
-        tensors = (data.images, data.labels)  # type: ignore[attr-defined]
-    doc: dict[str, Any] = {"size": len(data), "type": type(data).__name__}  # type: ignore[arg-type]
-    if tensors:
-        h = hashlib.sha256()
-        for t in tensors:
-            h.update(str((tuple(t.shape), t.dtype)).encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
-        doc["sha256"] = h.hexdigest()
-    return doc
-
-
-def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, dict) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _norm(v: Any) -> Any:
-    # JSON turns tuples into lists; compare the JSON forms
-    return json.loads(json.dumps(v, default=str))
-
-
-def _short(v: Any) -> str:
-    text = json.dumps(v, default=str)
-    if isinstance(v, str) and len(v) == 64:  # a hash: the head is enough to tell them apart
-        return text[:11] + '..."'
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _format_row(row: dict[str, float], epochs: int) -> str:
-    text = (
-        f"epoch {int(row['epoch'])}/{epochs}  train loss {row['train_loss']:.4f} "
-        f"err {100 * row['train_error']:.2f}%"
-    )
-    if not math.isnan(row["test_error"]):
-        text += f"  test loss {row['test_loss']:.4f} err {100 * row['test_error']:.2f}%"
-    return text + f"  lr {row['lr']:.3g}  {row['time']:.1f}s"
