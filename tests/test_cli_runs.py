@@ -188,6 +188,30 @@ def test_help_imports_no_torch(tmp_path: Path) -> None:
     assert after == "False"
 
 
+def test_help_loads_only_the_parsers(tmp_path: Path) -> None:
+    # the torch-free part of --help that does not depend on the package __init__
+    code = (
+        "import sys\n"
+        "import skipkit\n"
+        "before = set(sys.modules)\n"
+        "from skipkit import cli\n"
+        "for argv in (['--help'], ['train', '--help'], ['gradflow', '--help']):\n"
+        "    cli.main(argv)\n"
+        "print(' '.join(sorted(m for m in set(sys.modules) - before if 'skipkit' in m)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=_env(tmp_path), capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split("\n")[-2].split())
+    assert loaded <= {
+        "skipkit.cli",
+        "skipkit._cliargs",
+        "skipkit._cli_train",
+        "skipkit._cli_diagnostics",
+    }
+
+
 # ------------------------------------------------------------------------- real processes
 
 
