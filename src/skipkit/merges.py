@@ -83,12 +83,25 @@ class Merge(nn.Module):
 
 
 class Add(Merge):
-    """Residual addition: ``(N, *S) + (N, *S) -> (N, *S)``."""
+    """Residual addition: ``(N, *S) + (N, *S) -> (N, *S)``.
+
+    Args:
+        inplace: add the skip into the branch's memory (``branch += skip``, as torchvision's
+            blocks do). Only for a branch whose last op does not keep its output for
+            backward (a norm or a convolution does not; a ``sigmoid`` or ``tanh`` does).
+    """
+
+    def __init__(self, *, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
 
     def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if skip.shape != branch.shape:
             self._check(tuple(skip.shape), tuple(branch.shape))
-        return skip + branch
+        return branch.add_(skip) if self.inplace else skip + branch
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
 
 
 class Mul(Merge):

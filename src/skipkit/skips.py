@@ -379,6 +379,10 @@ class Residual(SkipModule):
             skip_shape = _planned_shape(in_shape, out_shape, self.layout, self.merge)
         else:
             skip_shape = self._custom_shortcut_shape(in_shape, out_shape)
+            if not self.skip_enabled and self.merge.match_channels:
+                # a plain twin never joins its skip: the branch alone sizes the merge (a
+                # skip that would not fit is still refused by the merge if it is switched on)
+                skip_shape = out_shape
         self.merge.setup(skip_shape, out_shape, self.layout, device=device, dtype=dtype)
         # Parts created now must follow the block's mode (e.g. eval inside materialize()).
         self.shortcut.train(self.training)
@@ -460,6 +464,28 @@ def _planned_shape(
     lay = resolve_layout(layout, len(out_shape))
     d = channel_dim(lay, len(out_shape))
     return (*out_shape[:d], in_shape[d], *out_shape[d + 1 :])
+
+
+def plain_residual(
+    body: nn.Module,
+    *,
+    merge: str | Merge = "add",
+    post: str | nn.Module | None = None,
+    in_shape: Sequence[int] | None = None,
+    layout: str | None = None,
+) -> Residual:
+    """The plain twin of ``Residual(body, merge=merge, post=post)`` for ``skip=False`` builders.
+
+    The same block (``body`` under the same name, the same merge) with the skip off for good
+    and no shortcut weights: ``y = post(merge.without_skip(body(x)))``. Loading the residual
+    block's ``state_dict`` with ``strict=False`` copies every weight it uses, and the result
+    equals the residual block under :func:`skips_disabled`. Shapes as :class:`Residual`.
+    """
+    block = Residual(body, shortcut=nn.Identity(), merge=merge, post=post, layout=layout)
+    block.skip_enabled = False
+    if in_shape is not None:
+        block._plan_from_in_shape(tuple(int(s) for s in in_shape))
+    return block
 
 
 class Highway(Residual):

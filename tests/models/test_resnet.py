@@ -14,7 +14,7 @@ from torch import nn
 
 import skipkit as sk
 from skipkit.models import create
-from skipkit.models.resnet import BasicBlock, Bottleneck, PlainBottleneck, ResNet
+from skipkit.models.resnet import BasicBlock, Bottleneck, ResNet
 
 # torchvision's published parameter counts.
 TV_PARAMS = {
@@ -228,7 +228,8 @@ def test_zero_init_last_makes_every_block_the_identity() -> None:
 def test_plain_twin_equals_skips_disabled(name: str) -> None:
     residual = create(name)
     plain = create(name, skip=False)
-    assert not any(isinstance(m, sk.SkipModule) for m in plain.modules())
+    blocks = [m for m in plain.modules() if isinstance(m, sk.SkipModule)]
+    assert blocks and not any(m.skip_enabled or m.downsample is not None for m in blocks)
     result = plain.load_state_dict(residual.state_dict(), strict=False)
     assert result.missing_keys == []
     assert result.unexpected_keys and all(".downsample." in k for k in result.unexpected_keys)
@@ -241,7 +242,8 @@ def test_plain_twin_equals_skips_disabled(name: str) -> None:
         assert torch.equal(off, plain(x))
         assert not torch.allclose(off, residual(x))
     if name == "resnet50":
-        assert isinstance(plain.layer2[0], PlainBottleneck)
+        assert isinstance(plain.layer2[0], Bottleneck)
+        assert isinstance(plain.layer2[0].shortcut, nn.Identity)
 
 
 def test_drop_path_rates_increase_linearly() -> None:

@@ -12,7 +12,7 @@ from torch import nn
 
 import skipkit as sk
 from skipkit.models import create
-from skipkit.models.resnet_cifar import CifarBlock, CifarResNet, PlainCifarBlock, cifar_resnet
+from skipkit.models.resnet_cifar import CifarBlock, CifarResNet, cifar_resnet
 
 # He et al. 2015, Table 6: parameters, at the paper's rounding.
 PAPER_PARAMS = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M", 1202: "19.4M"}
@@ -82,8 +82,11 @@ def test_shortcut_modules_per_option() -> None:
 def test_skips_disabled_equals_the_plain_twin_with_the_same_weights(shortcut: str) -> None:
     residual = create("resnet20", shortcut=shortcut)
     plain = create("resnet20", shortcut=shortcut, skip=False)
-    assert not any(isinstance(m, sk.SkipModule) for m in plain.modules())
-    assert all(isinstance(b, PlainCifarBlock) for b in plain.layer2)
+    blocks = [m for m in plain.modules() if isinstance(m, sk.SkipModule)]
+    assert blocks and not any(m.skip_enabled for m in blocks)
+    assert all(
+        isinstance(b, CifarBlock) and isinstance(b.shortcut, nn.Identity) for b in plain.layer2
+    )
     # Train a little so the BN statistics are not the identity.
     residual.train()
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Pieces shared by the model families: layer tables, init, the plain wrapper, weight loading.
+"""Pieces shared by the model families: layer tables, init, weight loading.
 
 :func:`load_weights` reads a ``state_dict`` from a local ``.safetensors`` file, a torch
 checkpoint (unpickled with ``weights_only=True``, so no code runs) or an http(s) URL cached
@@ -62,30 +62,6 @@ def he_init(model: nn.Module) -> None:
         elif isinstance(m, nn.modules.batchnorm._NormBase | nn.GroupNorm) and m.affine:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
-
-
-class Plain(nn.Module):
-    """The plain twin of ``Residual(body)``: ``y = post(body(x))``, no skip at all.
-
-    The body sits under the same attribute name (``body``), so the plain twin's
-    ``state_dict`` keys are the residual model's minus its shortcut and merge parameters:
-    ``plain.load_state_dict(residual.state_dict(), strict=False)`` copies every shared weight.
-    Like :class:`skipkit.Residual` it accepts and returns an RNN's ``(output, state)`` pair.
-    """
-
-    def __init__(self, body: nn.Module, *, post: nn.Module | None = None) -> None:
-        super().__init__()
-        self.body = body
-        self.post = post
-
-    def forward(self, x: torch.Tensor | tuple[Any, ...]) -> Any:
-        if isinstance(x, tuple):  # (output, state) from a recurrent layer below
-            x = x[0]
-        out = self.body(x)
-        if isinstance(out, tuple):
-            y = out[0] if self.post is None else self.post(out[0])
-            return (y, out[1])
-        return out if self.post is None else self.post(out)
 
 
 def _is_url(spec: str) -> bool:
@@ -274,7 +250,6 @@ __all__ = [
     "BATCHNORM",
     "CONV",
     "GLOBAL_AVGPOOL",
-    "Plain",
     "WeightsSpec",
     "check_dims",
     "he_init",

@@ -61,20 +61,13 @@ class _CifarLayers(nn.Module):
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class PlainCifarBlock(_CifarLayers):
-    """The plain twin of :class:`CifarBlock`: ``ReLU(branch(x))``, no shortcut."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.branch(x))
-
-
 class CifarBlock(_CifarLayers, SkipModule):
     """He et al. 2015 CIFAR block: ``ReLU(branch(x) + shortcut(x))``.
 
     ``(N, C_in, *S) -> (N, C_out, *ceil(S / stride))``. ``shortcut`` is ``nn.Identity`` when
     the shape is kept, else a :class:`~skipkit.shortcuts.ZeroPad` (option A) or a
-    1×1 conv + BN (option B). With ``skip_enabled = False`` it computes
-    :class:`PlainCifarBlock` with the same weights.
+    1×1 conv + BN (option B). ``skip=False`` builds the plain twin ``ReLU(branch(x))``: the
+    skip off for good and no shortcut weights (the same function as ``skip_enabled = False``).
     """
 
     def __init__(
@@ -85,13 +78,15 @@ class CifarBlock(_CifarLayers, SkipModule):
         dims: int = 2,
         *,
         option: str = "A",
+        skip: bool = True,
     ) -> None:
         super().__init__(in_channels, out_channels, stride, dims)
         self.option = _shortcut_option(option)
         self.shortcut: nn.Module = nn.Identity()
         self.merge = Add()
         self.post = self.relu
-        if stride != 1 or in_channels != out_channels:
+        self.skip_enabled = skip
+        if skip and (stride != 1 or in_channels != out_channels):
             if self.option == "A":
                 self.shortcut = ZeroPad(in_channels, out_channels, stride=(stride,) * dims)
             else:
@@ -152,12 +147,7 @@ class CifarResNet(nn.Module):
             blocks: list[nn.Module] = []
             for j in range(blocks_per_stage):
                 stride = 2 if i > 0 and j == 0 else 1
-                block: nn.Module = (
-                    CifarBlock(c_in, width, stride, dims, option=option)
-                    if skip
-                    else PlainCifarBlock(c_in, width, stride, dims)
-                )
-                blocks.append(block)
+                blocks.append(CifarBlock(c_in, width, stride, dims, option=option, skip=skip))
                 c_in = width
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -356,7 +346,6 @@ def resnet1202(
 __all__ = [
     "CifarBlock",
     "CifarResNet",
-    "PlainCifarBlock",
     "cifar_resnet",
     "resnet20",
     "resnet32",
