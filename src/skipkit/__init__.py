@@ -16,12 +16,11 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from skipkit import surgery
+from skipkit.dense import DenseBlock, DenseLayer
 from skipkit.errors import CheckpointError, ShapeMismatchError
 from skipkit.merges import Add, Concat, Gate, Merge, Mul, Scale, WeightedSum
 from skipkit.shortcuts import CenterCrop, Resample, ZeroPad, plan_shortcut
 from skipkit.skips import (
-    DenseBlock,
-    DenseLayer,
     DropPath,
     Highway,
     Residual,

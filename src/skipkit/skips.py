@@ -1,4 +1,5 @@
-"""Skip-connection modules: :class:`Residual`, :class:`Highway`, :class:`DenseBlock`.
+"""The skip protocol :class:`SkipModule` and the core skips :class:`Residual`, :class:`Highway`
+(:class:`~skipkit.DenseBlock` lives in :mod:`skipkit.dense`).
 
 ::
 
@@ -22,7 +23,6 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from skipkit.merges import Merge, resolve_merge
 from skipkit.shapes import (
@@ -147,6 +147,24 @@ def _own_parameter_count(*modules: nn.Module | None) -> int:
     )
 
 
+def check_positive_int(name: str, value: object) -> int:
+    """``value`` as an ``int >= 1``; ``TypeError``/``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}={value} must be >= 1")
+    return value
+
+
+def check_probability(name: str, value: object) -> float:
+    """``value`` as a float in ``[0, 1)``; ``TypeError``/``ValueError`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{name} must be a number in [0, 1), got {type(value).__name__} {value!r}")
+    if not 0.0 <= value < 1.0:  # also refuses NaN
+        raise ValueError(f"{name}={value} must be in [0, 1)")
+    return float(value)
+
+
 class SkipModule(nn.Module):
     """The protocol every skip implements: four parts and one ``forward``.
 
@@ -242,9 +260,7 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"DropPath(p={p}) needs 0 <= p < 1")
-        self.p = float(p)
+        self.p = check_probability("DropPath(p)", p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
@@ -515,209 +531,6 @@ class Highway(Residual):
             post=post,
             in_shape=in_shape,
             layout=layout,
-        )
-
-
-class DenseLayer(nn.Module):
-    """DenseNet-BC layer: BN-ReLU-Conv1×1 (``bn_size*growth``) then BN-ReLU-Conv3×3 (``growth``).
-
-    ``(N, C_in, *S) -> (N, growth, *S)``. Submodule names follow torchvision's
-    ``_DenseLayer`` (``norm1, relu1, conv1, norm2, relu2, conv2``) so weights are
-    interchangeable. :meth:`bottleneck` is the part :class:`DenseBlock` recomputes in backward
-    when ``memory_efficient=True``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        growth: int,
-        *,
-        bn_size: int = 4,
-        drop_rate: float = 0.0,
-        dims: int = 2,
-    ) -> None:
-        super().__init__()
-        conv: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-        norm: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-        if dims not in conv:
-            raise ValueError(f"DenseLayer(dims={dims}) must be 1, 2 or 3")
-        width = bn_size * growth
-        self.norm1 = norm[dims](in_channels)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = conv[dims](in_channels, width, 1, bias=False)
-        self.norm2 = norm[dims](width)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = conv[dims](width, growth, 3, padding=1, bias=False)
-        self.drop_rate = float(drop_rate)
-
-    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C_in, *S) -> (N, bn_size*growth, *S)``: norm1, relu1, conv1, norm2, relu2."""
-        return self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x)))))
-
-    def tail(self, h: torch.Tensor) -> torch.Tensor:
-        """``(N, bn_size*growth, *S) -> (N, growth, *S)``: conv2 and dropout."""
-        out = self.conv2(h)
-        if self.drop_rate > 0:
-            out = nn.functional.dropout(out, p=self.drop_rate, training=self.training)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.bottleneck(x))
-
-
-@contextlib.contextmanager
-def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
-    """BatchNorm still normalizes with batch statistics but leaves its running statistics
-    alone: a checkpointed segment run again in backward must not count the batch twice."""
-    saved: list[tuple[nn.modules.batchnorm._BatchNorm, float | None, torch.Tensor]] = []
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
-            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
-            m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, count in saved:
-            m.momentum = momentum
-            assert m.num_batches_tracked is not None
-            m.num_batches_tracked.copy_(count)
-
-
-class DenseBlock(SkipModule):
-    """DenseNet block (Huang et al. 2017): every layer sees the concatenation of all before.
-
-    ``(N, C, *S) -> (N, C + num_layers*growth, *S)`` (channels first; ``layout="NLC"``
-    concatenates on the last dim).
-
-    Args:
-        make_layer: ``make_layer(in_channels, growth) -> nn.Module`` mapping
-            ``(N, in_channels, *S) -> (N, growth, *S)``; :class:`DenseLayer` by default.
-            It is kept on the block, so pass a module-level function or a
-            ``functools.partial`` (not a lambda) if the model must pickle.
-        num_layers: how many layers.
-        growth: channels each layer adds (``k``).
-        in_channels: input channels; when ``None`` the layers are built at the first forward
-            (or from ``in_shape``).
-        memory_efficient: recompute the concatenation (and, for :class:`DenseLayer`, its
-            norm-ReLU-conv1-norm-ReLU bottleneck) in backward instead of storing it (Pleiss et
-            al. 2017). Same outputs and gradients; feature memory linear in depth.
-        in_shape: an example input shape (batch included), an alternative to
-            ``in_channels``.
-        layout: ``"NC"`` or ``"NLC"``.
-
-    Layers are registered as ``denselayer1 … denselayerN`` (torchvision's names).
-    """
-
-    def __init__(
-        self,
-        make_layer: Callable[[int, int], nn.Module] | None,
-        num_layers: int,
-        growth: int,
-        memory_efficient: bool = False,
-        *,
-        in_channels: int | None = None,
-        in_shape: Sequence[int] | None = None,
-        layout: str | None = None,
-    ) -> None:
-        super().__init__()
-        if num_layers < 1 or growth < 1:
-            raise ValueError(
-                f"DenseBlock needs num_layers >= 1 and growth >= 1, got {num_layers}, {growth}"
-            )
-        self.make_layer = make_layer
-        self.num_layers = num_layers
-        self.growth = growth
-        self.memory_efficient = memory_efficient
-        self.layout: Layout | None = normalize_layout(layout)
-        self._dim = 1
-        self._built = False
-        if in_shape is not None:
-            lay = resolve_layout(self.layout, len(in_shape))
-            self._dim = channel_dim(lay, len(in_shape))
-            in_channels = int(in_shape[self._dim])
-        if in_channels is not None:
-            self._build_layers(in_channels, None, None)
-
-    @property
-    def ready(self) -> bool:
-        return self._built
-
-    def _build_layers(
-        self, in_channels: int, device: torch.device | None, dtype: torch.dtype | None
-    ) -> None:
-        make = self.make_layer or (lambda c, k: DenseLayer(c, k))
-        for i in range(self.num_layers):
-            layer = make(in_channels + i * self.growth, self.growth)
-            if not isinstance(layer, nn.Module):
-                raise TypeError(f"make_layer must return an nn.Module, got {type(layer).__name__}")
-            layer.train(self.training)
-            self.add_module(f"denselayer{i + 1}", layer.to(device=device, dtype=dtype))
-        self._built = True
-
-    def layers(self) -> list[nn.Module]:
-        """The dense layers, in order."""
-        return [m for name, m in self.named_children() if name.startswith("denselayer")]
-
-    def _run_layer(self, layer: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
-        dim = self._dim
-        if self.memory_efficient and self.training and any(f.requires_grad for f in features):
-            recomputing = [False]
-
-            def segment(*feats: torch.Tensor) -> torch.Tensor:
-                cat = torch.cat(feats, dim)
-                if isinstance(layer, DenseLayer):
-                    ctx = _frozen_batchnorm_stats(layer) if recomputing[0] else None
-                    recomputing[0] = True
-                    with ctx or contextlib.nullcontext():
-                        return layer.bottleneck(cat)
-                ctx = _frozen_batchnorm_stats(layer) if recomputing[0] else None
-                recomputing[0] = True
-                with ctx or contextlib.nullcontext():
-                    out: torch.Tensor = layer(cat)
-                    return out
-
-            h = checkpoint(segment, *features, use_reentrant=False)
-            assert isinstance(h, torch.Tensor)
-            return layer.tail(h) if isinstance(layer, DenseLayer) else h
-        out: torch.Tensor = layer(torch.cat(features, dim))
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._built:
-            lay = resolve_layout(self.layout, x.ndim)
-            self._dim = channel_dim(lay, x.ndim)
-            self._build_layers(
-                x.shape[self._dim], x.device, x.dtype if x.is_floating_point() else None
-            )
-        features = [x]
-        for layer in self.layers():
-            if self.skip_enabled:
-                inputs = features
-            else:  # the plain twin: each layer sees only the previous layer's output
-                inputs = [torch.zeros_like(f) for f in features[:-1]] + [features[-1]]
-            features.append(self._run_layer(layer, inputs))
-        if not self.skip_enabled:
-            features = [torch.zeros_like(f) for f in features[:-1]] + [features[-1]]
-        return torch.cat(features, self._dim)
-
-    def describe(self) -> SkipInfo:
-        where = self.path or ""
-        return SkipInfo(
-            path=where,
-            kind="DenseBlock",
-            tap="every earlier layer",
-            dst=where,
-            shortcut="Identity",
-            merge="Concat",
-            parameters=0,
-            enabled=self.skip_enabled,
-            added=False,
-        )
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_layers={self.num_layers}, growth={self.growth}, "
-            f"memory_efficient={self.memory_efficient}"
         )
 
 
