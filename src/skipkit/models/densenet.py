@@ -91,7 +91,7 @@ class DenseNet(nn.Module):
             (7×7 conv stride 2, BN, ReLU, 3×3 max-pool stride 2).
         memory_efficient: keep one bottleneck tensor per dense layer for backward and
             recompute the concatenation and norms there (Pleiss et al. 2017; see
-            :class:`EfficientDenseBlock`): the same outputs and BatchNorm statistics,
+            :class:`~skipkit.DenseBlock`): the same outputs and BatchNorm statistics,
             gradients equal to float rounding, about 0.75x the peak training memory of
             torchvision's ``memory_efficient=True`` at 0.9x its step time
             (``docs/benchmarks.md``).
