@@ -126,5 +126,5 @@ def test_resolve_merge_errors() -> None:
         resolve_merge("sum")
     with pytest.raises(TypeError, match="merge must be"):
         resolve_merge(nn.ReLU())  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match=r"Concat\(out_channels\)=0 must be an int >= 1"):
         sk.Concat(0)

@@ -121,7 +121,7 @@ def test_constructor_validation() -> None:
         sk.Residual(nn.Identity(), shortcut="conv")
     with pytest.raises(ValueError, match="unknown activation"):
         sk.Residual(nn.Identity(), post="swish2")
-    with pytest.raises(ValueError, match="DropPath"):
+    with pytest.raises(ValueError, match=r"drop_path\)=1.0 must be in"):
         sk.Residual(nn.Identity(), drop_path=1.0)
     with pytest.raises(ValueError, match="unknown layout"):
         sk.Residual(nn.Identity(), layout="HWC")

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from skipkit._checks import check_positive_int, check_probability
 from skipkit._dense_fused import BATCH_NORMS, CONVS, DenseLayerFunction
 from skipkit.merges import Merge
 from skipkit.shapes import (
@@ -35,7 +36,7 @@ from skipkit.shapes import (
     normalize_layout,
     resolve_layout,
 )
-from skipkit.skips import SkipModule, check_positive_int, check_probability
+from skipkit.skips import SkipModule
 
 
 class DenseLayer(nn.Module):

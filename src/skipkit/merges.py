@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from skipkit._checks import check_finite, check_positive_int
 from skipkit.shapes import Layout, ShapeMismatchError, channel_dim, resolve_layout
 from skipkit.shortcuts import pointwise
 
@@ -130,8 +131,10 @@ class Concat(Merge):
 
     def __init__(self, out_channels: int | None = None, *, dim: int | None = None) -> None:
         super().__init__()
-        if out_channels is not None and out_channels < 1:
-            raise ValueError(f"Concat(out_channels={out_channels}) must be positive")
+        if out_channels is not None:
+            check_positive_int("Concat(out_channels)", out_channels)
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+            raise TypeError(f"Concat(dim=...) must be an int or None, got {type(dim).__name__}")
         self.out_channels = out_channels
         self.dim = dim
         self.reduce: nn.Module | None = None
@@ -247,7 +250,7 @@ class Gate(Merge):
 
     def __init__(self, bias: float = -2.0) -> None:
         super().__init__()
-        self.bias = float(bias)
+        self.bias = check_finite("Gate(bias)", bias)
         self.transform: nn.Module | None = None
 
     @property
@@ -297,8 +300,8 @@ class Scale(Merge):
 
     def __init__(self, init: float = 0.0, *, per_channel: bool = False) -> None:
         super().__init__()
-        self.init = float(init)
-        self.per_channel = per_channel
+        self.init = check_finite("Scale(init)", init)
+        self.per_channel = bool(per_channel)
         self.alpha: nn.Parameter | None = (
             None if per_channel else nn.Parameter(torch.tensor(self.init))
         )
@@ -350,7 +353,9 @@ class WeightedSum(Merge):
 
     def __init__(self, skip_weight: float = 1.0, branch_weight: float = 1.0) -> None:
         super().__init__()
-        self.weights = nn.Parameter(torch.tensor([float(skip_weight), float(branch_weight)]))
+        a = check_finite("WeightedSum(skip_weight)", skip_weight)
+        w = check_finite("WeightedSum(branch_weight)", branch_weight)
+        self.weights = nn.Parameter(torch.tensor([a, w]))
 
     def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if skip.shape != branch.shape:

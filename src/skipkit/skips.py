@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from skipkit._checks import check_finite, check_probability
 from skipkit.merges import Merge, resolve_merge
 from skipkit.shapes import (
     Layout,
@@ -55,7 +56,12 @@ def resolve_activation(spec: str | nn.Module | None) -> nn.Module | None:
     """``None``, an ``nn.Module``, or a name from :data:`ACTIVATIONS`."""
     if spec is None or isinstance(spec, nn.Module):
         return spec
-    if isinstance(spec, str) and spec in ACTIVATIONS:
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"post/activation must be None, an nn.Module or a name from {sorted(ACTIVATIONS)}, "
+            f"got {type(spec).__name__}"
+        )
+    if spec in ACTIVATIONS:
         return ACTIVATIONS[spec]()
     raise ValueError(
         f"unknown activation {spec!r}; use an nn.Module or one of {sorted(ACTIVATIONS)}"
@@ -145,24 +151,6 @@ def _own_parameter_count(*modules: nn.Module | None) -> int:
         for p in m.parameters()
         if not isinstance(p, nn.parameter.UninitializedParameter)
     )
-
-
-def check_positive_int(name: str, value: object) -> int:
-    """``value`` as an ``int >= 1``; ``TypeError``/``ValueError`` naming ``name`` otherwise."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}={value} must be >= 1")
-    return value
-
-
-def check_probability(name: str, value: object) -> float:
-    """``value`` as a float in ``[0, 1)``; ``TypeError``/``ValueError`` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{name} must be a number in [0, 1), got {type(value).__name__} {value!r}")
-    if not 0.0 <= value < 1.0:  # also refuses NaN
-        raise ValueError(f"{name}={value} must be in [0, 1)")
-    return float(value)
 
 
 class SkipModule(nn.Module):
@@ -277,6 +265,26 @@ def _first_tensor(module: nn.Module) -> torch.Tensor | None:
     return next(itertools.chain(module.parameters(), module.buffers()), None)
 
 
+def _check_in_shape(in_shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``in_shape`` as a tuple of ints (batch >= 0, every other dim >= 1)."""
+    if in_shape is None:
+        return None
+    if isinstance(in_shape, str | bytes) or not isinstance(in_shape, Sequence):
+        raise TypeError(
+            f"in_shape must be a sequence of ints such as (1, 64, 32, 32), got "
+            f"{type(in_shape).__name__}"
+        )
+    if any(isinstance(d, bool) or not isinstance(d, int) for d in in_shape):
+        raise TypeError(f"in_shape={tuple(in_shape)!r} must hold ints only")
+    shape = tuple(int(d) for d in in_shape)
+    if len(shape) < 2 or shape[0] < 0 or any(d < 1 for d in shape[1:]):
+        raise ValueError(
+            f"in_shape={shape} needs a batch dim >= 0 and at least one more dim, each >= 1 "
+            "(e.g. (1, 64, 32, 32))"
+        )
+    return shape
+
+
 class Residual(SkipModule):
     """A skip connection around ``body``: ``y = post(merge(shortcut(x), drop_path(body(x))))``.
 
@@ -322,14 +330,23 @@ class Residual(SkipModule):
         super().__init__()
         if not isinstance(body, nn.Module):
             raise TypeError(f"Residual body must be an nn.Module, got {type(body).__name__}")
+        if not isinstance(shortcut, nn.Module | str):
+            raise TypeError(
+                f"Residual(shortcut=...) must be a string or an nn.Module, got "
+                f"{type(shortcut).__name__}"
+            )
         if not isinstance(shortcut, nn.Module) and shortcut not in SHORTCUT_KINDS:
             raise ValueError(
                 f"unknown shortcut {shortcut!r}; choose one of {SHORTCUT_KINDS} or an nn.Module"
             )
+        rate = check_probability("Residual(drop_path)", drop_path)
+        shape = _check_in_shape(in_shape)
         self.body = body
         self.merge = resolve_merge(merge)
         self.post = resolve_activation(post)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
+        # A body without tensors has no dtype of its own: the parts follow the input's.
+        self._follow_input_dtype = _first_tensor(body) is None
         self.layout: Layout | None = normalize_layout(layout) or infer_layout(body)
         self.shortcut_kind = "module" if isinstance(shortcut, nn.Module) else str(shortcut)
         # A shortcut given by name is planned from the shapes; until then a placeholder.
@@ -337,8 +354,8 @@ class Residual(SkipModule):
             shortcut if isinstance(shortcut, nn.Module) else PendingShortcut(str(shortcut))
         )
         self._built = False
-        if in_shape is not None:
-            self._plan_from_in_shape(tuple(int(s) for s in in_shape))
+        if shape is not None:
+            self._plan_from_in_shape(shape)
 
     @property
     def ready(self) -> bool:
@@ -351,8 +368,10 @@ class Residual(SkipModule):
         if has_uninitialized_params(self.body):
             log.debug("%s: lazy body; planning the shortcut at the first forward", self._where())
             return
+        ref = _first_tensor(self.body)
+        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
         try:
-            out = meta_forward(self.body, torch.empty(in_shape, device="meta"))
+            out = meta_forward(self.body, torch.empty(in_shape, device="meta", dtype=dtype))
         except NotImplementedError:
             log.debug("%s: no meta kernel; planning at the first forward", self._where())
             return
@@ -364,7 +383,6 @@ class Residual(SkipModule):
             ) from e
         branch = out[0] if isinstance(out, tuple) else out
         assert isinstance(branch, torch.Tensor)
-        ref = _first_tensor(self.body)
         self._build(
             in_shape,
             tuple(branch.shape),
@@ -412,6 +430,14 @@ class Residual(SkipModule):
             fmt_shape(out_shape),
         )
 
+    def _follow_dtype(self, dtype: torch.dtype) -> None:
+        """Cast planned parts to the input's dtype (a parameter-free body has none)."""
+        ref = _first_tensor(self.shortcut)
+        ref = ref if ref is not None else _first_tensor(self.merge)
+        if ref is not None and ref.is_floating_point() and ref.dtype != dtype:
+            self.shortcut.to(dtype=dtype)
+            self.merge.to(dtype=dtype)
+
     def _custom_shortcut_shape(
         self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
     ) -> tuple[int, ...]:
@@ -434,6 +460,8 @@ class Residual(SkipModule):
         shortcut and merge from the shapes on the first call."""
         out = self.body(x, *args, **kwargs)
         y = out[0] if isinstance(out, tuple) else out  # RNN bodies: (output, state)
+        if self._follow_input_dtype and self._built and x.is_floating_point():
+            self._follow_dtype(x.dtype)
         if not self._built:
             self._build(
                 tuple(x.shape),
@@ -527,7 +555,7 @@ class Highway(Residual):
         super().__init__(
             body,
             shortcut=shortcut,
-            merge=Gate(gate_bias),
+            merge=Gate(check_finite("Highway(gate_bias)", gate_bias)),
             post=post,
             in_shape=in_shape,
             layout=layout,
