@@ -222,7 +222,7 @@ def _build(
     except TypeError as exc:
         raise ValueError(f"cannot build {name} for {args.dataset}: {exc}") from exc
     if args.weights:
-        from skipkit.models._blocks import load_weights
+        from skipkit.models import load_weights
 
         load_weights(model, args.weights)
     return model.to(device)
@@ -282,7 +282,7 @@ def _cmd_gradflow(args: argparse.Namespace) -> int:
 
 def _cmd_landscape(args: argparse.Namespace) -> int:
     from skipkit.diagnostics.landscape import interpolate, loss_landscape
-    from skipkit.models._blocks import read_state_dict
+    from skipkit.models import read_state_dict
     from skipkit.train.distributed import setup
 
     if args.interpolate and args.weights:
