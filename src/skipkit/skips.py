@@ -37,7 +37,7 @@ from skipkit.shapes import (
     normalize_layout,
     resolve_layout,
 )
-from skipkit.shortcuts import SHORTCUT_KINDS, plan_shortcut
+from skipkit.shortcuts import parse_shortcut_kind, plan_shortcut
 
 log = logging.getLogger(__name__)
 
@@ -330,15 +330,8 @@ class Residual(SkipModule):
         super().__init__()
         if not isinstance(body, nn.Module):
             raise TypeError(f"Residual body must be an nn.Module, got {type(body).__name__}")
-        if not isinstance(shortcut, nn.Module | str):
-            raise TypeError(
-                f"Residual(shortcut=...) must be a string or an nn.Module, got "
-                f"{type(shortcut).__name__}"
-            )
-        if not isinstance(shortcut, nn.Module) and shortcut not in SHORTCUT_KINDS:
-            raise ValueError(
-                f"unknown shortcut {shortcut!r}; choose one of {SHORTCUT_KINDS} or an nn.Module"
-            )
+        if not isinstance(shortcut, nn.Module):
+            shortcut = parse_shortcut_kind(shortcut, owner="Residual(shortcut) (or an nn.Module)")
         rate = check_probability("Residual(drop_path)", drop_path)
         shape = _check_in_shape(in_shape)
         self.body = body

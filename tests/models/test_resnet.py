@@ -268,7 +268,9 @@ def test_drop_path_rates_increase_linearly() -> None:
 
 
 def test_bad_options_raise() -> None:
-    with pytest.raises(ValueError, match=r"shortcut='C'.*'B'.*'avgdown'.*'A'"):
+    with pytest.raises(
+        ValueError, match=r"shortcut 'C' for ResNet.*'project'.*'B'.*'avgdown'.*'pad'"
+    ):
         create("resnet18", shortcut="C")
     with pytest.raises(ValueError, match="stem"):
         create("resnet18", stem="tiny")
@@ -281,6 +283,7 @@ def test_bad_options_raise() -> None:
 def test_describe_lists_the_shortcut() -> None:
     model = create("resnet18")
     info = model.layer2[0].describe()
-    assert info.shortcut == "Sequential" and info.merge == "Add"
+    assert info.shortcut == "Conv2d+BatchNorm2d" and info.merge == "Add"
     assert info.parameters == 64 * 128 + 2 * 128
-    assert model.layer2[1].describe().shortcut == "identity"
+    assert model.layer2[1].describe().shortcut == "Identity"
+    assert create("resnet18d").layer2[0].describe().shortcut == "AvgPool2d+Conv2d+BatchNorm2d"

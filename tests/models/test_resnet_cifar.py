@@ -74,7 +74,8 @@ def test_shortcut_modules_per_option() -> None:
     assert isinstance(proj, nn.Sequential)
     assert isinstance(proj[0], nn.Conv2d) and proj[0].kernel_size == (1, 1)
     assert proj[0].stride == (2, 2) and isinstance(proj[1], nn.BatchNorm2d)
-    assert b.layer3[0].describe().shortcut == "option B"
+    assert b.layer3[0].describe().shortcut == "Conv2d+BatchNorm2d"
+    assert a.layer3[0].describe().shortcut == "ZeroPad"
     assert a.layer3[0].describe().parameters == 0
 
 
@@ -142,7 +143,7 @@ def test_bad_depth_and_options_raise_clear_errors() -> None:
         cifar_resnet(21)
     with pytest.raises(ValueError, match="6n"):
         cifar_resnet(2)
-    with pytest.raises(ValueError, match=r"shortcut='C'.*'A'.*'B'"):
+    with pytest.raises(ValueError, match=r"shortcut 'C' for CIFAR.*'pad'.*alias 'A'.*'project'"):
         create("resnet20", shortcut="C")
     with pytest.raises(ValueError, match=r"dims=4"):
         create("resnet20", dims=4)

@@ -27,7 +27,6 @@ the forward costs no more than torchvision's.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any, Literal, TypedDict
 
@@ -38,30 +37,12 @@ from typing_extensions import Unpack
 from skipkit.merges import Add
 from skipkit.models._blocks import WeightsSpec, he_init, load_weights
 from skipkit.models._registry import register_model
-from skipkit.shortcuts import ZeroPad
-from skipkit.skips import DropPath, SkipInfo, SkipModule
+from skipkit.shortcuts import ZeroPad, parse_shortcut_kind
+from skipkit.skips import DropPath, SkipModule
 
 NormLayer = Callable[[int], nn.Module]
 
-_SHORTCUTS = {
-    "b": "B",
-    "project": "B",
-    "avgdown": "avgdown",
-    "d": "avgdown",
-    "a": "A",
-    "pad": "A",
-}
-
-
-def _shortcut_option(shortcut: str) -> str:
-    key = shortcut.lower() if isinstance(shortcut, str) else shortcut
-    if key not in _SHORTCUTS:
-        raise ValueError(
-            f"ResNet shortcut={shortcut!r} is not an option; use 'B' (1x1 conv + BN projection, "
-            "torchvision's default, alias 'project'), 'avgdown' (ResNet-D: average pool, then "
-            "1x1 conv + BN, alias 'D') or 'A' (subsample + zero channels, alias 'pad')"
-        )
-    return _SHORTCUTS[key]
+_OPTIONS = ("project", "avgdown", "pad")
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -77,11 +58,11 @@ def make_downsample(
 ) -> nn.Module:
     """The shortcut of a block that changes the shape: ``(N, C_in, H, W) -> (N, C_out, H/s, W/s)``.
 
-    ``"B"``: ``Sequential(conv1×1/s, norm)`` (keys ``0, 1`` as torchvision); ``"avgdown"``:
+    ``"project"``: ``Sequential(conv1×1/s, norm)`` (keys ``0, 1`` as torchvision); ``"avgdown"``:
     ``Sequential(AvgPool2d(s) or Identity, conv1×1, norm)`` (keys ``1, 2`` as timm's ResNet-D);
-    ``"A"``: :class:`~skipkit.shortcuts.ZeroPad`.
+    ``"pad"``: :class:`~skipkit.shortcuts.ZeroPad`.
     """
-    if option == "A":
+    if option == "pad":
         return ZeroPad(in_channels, out_channels, stride=(stride, stride))
     if option == "avgdown":
         pool: nn.Module = (
@@ -148,12 +129,6 @@ class _TorchvisionSkip(SkipModule):
     @shortcut.setter
     def shortcut(self, module: nn.Module) -> None:
         self.downsample = None if isinstance(module, nn.Identity) else module
-
-    def describe(self) -> SkipInfo:
-        info = super().describe()
-        return dataclasses.replace(
-            info, shortcut="identity" if self.downsample is None else type(self.downsample).__name__
-        )
 
 
 class BasicBlock(_BasicLayers, _TorchvisionSkip):
@@ -241,7 +216,7 @@ class ResNet(nn.Module):
         *,
         num_classes: int = 1000,
         in_channels: int = 3,
-        shortcut: str = "B",
+        shortcut: str = "project",
         stem: Literal["default", "deep"] = "default",
         skip: bool = True,
         zero_init_last: bool = False,
@@ -263,7 +238,7 @@ class ResNet(nn.Module):
             )
         if stem not in ("default", "deep"):
             raise ValueError(f"ResNet(stem={stem!r}) must be 'default' or 'deep'")
-        option = _shortcut_option(shortcut)
+        option = parse_shortcut_kind(shortcut, allowed=_OPTIONS, owner="ResNet shortcut")
         norm = norm_layer if norm_layer is not None else nn.BatchNorm2d
         self.block, self.skip, self.shortcut = block, skip, option
         if stem == "deep":

@@ -24,21 +24,10 @@ from torch import nn
 from skipkit.merges import Add
 from skipkit.models._blocks import BATCHNORM, CONV, GLOBAL_AVGPOOL, check_dims, he_init
 from skipkit.models._registry import register_model
-from skipkit.shortcuts import ZeroPad
-from skipkit.skips import SkipInfo, SkipModule
+from skipkit.shortcuts import ZeroPad, parse_shortcut_kind
+from skipkit.skips import SkipModule
 
-_SHORTCUTS = {"a": "A", "pad": "A", "b": "B", "project": "B"}
-
-
-def _shortcut_option(shortcut: str) -> str:
-    key = shortcut.lower() if isinstance(shortcut, str) else shortcut
-    if key not in _SHORTCUTS:
-        raise ValueError(
-            f"CIFAR ResNet shortcut={shortcut!r} is not an option; use 'A' (subsample + zero "
-            "channels, the paper's default, alias 'pad') or 'B' (1x1 conv + BN projection, "
-            "alias 'project')"
-        )
-    return _SHORTCUTS[key]
+_OPTIONS = ("pad", "project")
 
 
 class _CifarLayers(nn.Module):
@@ -77,40 +66,23 @@ class CifarBlock(_CifarLayers, SkipModule):
         stride: int = 1,
         dims: int = 2,
         *,
-        option: str = "A",
+        option: str = "pad",
         skip: bool = True,
     ) -> None:
         super().__init__(in_channels, out_channels, stride, dims)
-        self.option = _shortcut_option(option)
+        self.option = parse_shortcut_kind(option, allowed=_OPTIONS, owner="CIFAR ResNet shortcut")
         self.shortcut: nn.Module = nn.Identity()
         self.merge = Add()
         self.post = self.relu
         self.skip_enabled = skip
         if skip and (stride != 1 or in_channels != out_channels):
-            if self.option == "A":
+            if self.option == "pad":
                 self.shortcut = ZeroPad(in_channels, out_channels, stride=(stride,) * dims)
             else:
                 self.shortcut = nn.Sequential(
                     CONV[dims](in_channels, out_channels, 1, stride=stride, bias=False),
                     BATCHNORM[dims](out_channels),
                 )
-
-    def describe(self) -> SkipInfo:
-        identity = isinstance(self.shortcut, nn.Identity)
-        kind = "identity" if identity else f"option {self.option}"
-        params = sum(p.numel() for p in self.shortcut.parameters())
-        where = self.path or ""
-        return SkipInfo(
-            path=where,
-            kind=type(self).__name__,
-            tap="input",
-            dst=where,
-            shortcut=kind,
-            merge="Add",
-            parameters=params,
-            enabled=self.skip_enabled,
-            added=False,
-        )
 
 
 class CifarResNet(nn.Module):
@@ -127,7 +99,7 @@ class CifarResNet(nn.Module):
         *,
         num_classes: int = 10,
         in_channels: int = 3,
-        shortcut: str = "A",
+        shortcut: str = "pad",
         skip: bool = True,
         dims: int = 2,
         zero_init_last: bool = False,
@@ -135,7 +107,7 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         check_dims(type(self).__name__, dims)
-        option = _shortcut_option(shortcut)
+        option = parse_shortcut_kind(shortcut, allowed=_OPTIONS, owner="CIFAR ResNet shortcut")
         self.depth = 6 * blocks_per_stage + 2
         self.skip, self.shortcut, self.dims = skip, option, dims
         self.conv1 = CONV[dims](in_channels, widths[0], 3, stride=1, padding=1, bias=False)
@@ -174,7 +146,7 @@ def cifar_resnet(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -216,7 +188,7 @@ def resnet20(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -238,7 +210,7 @@ def resnet32(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -260,7 +232,7 @@ def resnet44(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -282,7 +254,7 @@ def resnet56(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -304,7 +276,7 @@ def resnet110(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -326,7 +298,7 @@ def resnet1202(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,

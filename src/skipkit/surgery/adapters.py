@@ -49,7 +49,7 @@ from skipkit.merges import (
     resolve_merge,
 )
 from skipkit.shapes import Layout, ShapeMismatchError, channel_dim, fmt_shape, resolve_layout
-from skipkit.shortcuts import SHORTCUT_KINDS, plan_shortcut
+from skipkit.shortcuts import parse_shortcut_kind, plan_shortcut
 
 Shape = tuple[int, ...]
 
@@ -250,8 +250,7 @@ def plan_adapter(
     """
     if isinstance(kind, nn.Module):
         return copy.deepcopy(kind)
-    if kind not in SHORTCUT_KINDS:
-        raise ValueError(f"unknown shortcut {kind!r}; choose one of {SHORTCUT_KINDS} or a module")
+    kind = parse_shortcut_kind(kind, owner="shortcut (or an nn.Module)")
     custom = (
         f"pass shortcut=<an nn.Module mapping {fmt_shape(skip_shape)} to {fmt_shape(dst_shape)}>"
     )
