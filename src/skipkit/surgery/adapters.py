@@ -392,19 +392,6 @@ def check_join(
             )
 
 
-def describe_adapter(module: nn.Module) -> str:
-    """A short name for the adapter: ``"Conv2d+BatchNorm2d"``, ``"Identity+ZeroGain"``."""
-    parts: list[str] = []
-    stack: list[nn.Module] = [module]
-    while stack:
-        m = stack.pop(0)
-        if isinstance(m, nn.Sequential):
-            stack = list(m) + stack
-        else:
-            parts.append(type(m).__name__)
-    return "+".join(parts) or "Identity"
-
-
 __all__ = [
     "Modulate",
     "ProjectedConcat",
@@ -413,7 +400,6 @@ __all__ = [
     "ZeroGain",
     "ZeroStartWeightedSum",
     "check_join",
-    "describe_adapter",
     "merge_label",
     "plan_adapter",
     "resolve_surgery_merge",

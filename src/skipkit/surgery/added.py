@@ -10,8 +10,7 @@ from torch import nn
 
 from skipkit.merges import Merge
 from skipkit.shapes import fmt_shape
-from skipkit.skips import SkipInfo, SkipModule
-from skipkit.surgery.adapters import describe_adapter
+from skipkit.skips import SkipInfo, SkipModule, module_summary
 
 
 def _to_branch_device(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
@@ -92,7 +91,7 @@ class AddedSkip(SkipModule):
             kind="AddedSkip",
             tap=self.src,
             dst=self.dst,
-            shortcut=describe_adapter(self.adapter),
+            shortcut=module_summary(self.adapter),
             merge=self.merge_name,
             parameters=sum(p.numel() for p in self.parameters()),
             enabled=self.skip_enabled,
