@@ -121,7 +121,7 @@ def test_constructor_validation() -> None:
         sk.Residual(nn.Identity(), shortcut="conv")
     with pytest.raises(ValueError, match="unknown activation"):
         sk.Residual(nn.Identity(), post="swish2")
-    with pytest.raises(ValueError, match="DropPath"):
+    with pytest.raises(ValueError, match=r"drop_path\)=1.0 must be in"):
         sk.Residual(nn.Identity(), drop_path=1.0)
     with pytest.raises(ValueError, match="unknown layout"):
         sk.Residual(nn.Identity(), layout="HWC")
@@ -221,7 +221,8 @@ def test_dense_block_concatenates_every_layer() -> None:
 
     block = sk.DenseBlock(make, 3, 4, in_channels=5)
     names = [n for n, _ in block.named_children()]
-    assert names == ["denselayer1", "denselayer2", "denselayer3"]
+    assert names == ["shortcut", "merge", "denselayer1", "denselayer2", "denselayer3"]
+    assert isinstance(block.shortcut, nn.Identity) and block.describe().merge == "DenseMerge"
     x = torch.randn(2, 5, 6, 6)
     f1 = block.denselayer1(x)
     f2 = block.denselayer2(torch.cat([x, f1], 1))

@@ -16,20 +16,20 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from skipkit import surgery
+from skipkit.dense import DenseBlock, DenseLayer
 from skipkit.errors import CheckpointError, ShapeMismatchError
 from skipkit.merges import Add, Concat, Gate, Merge, Mul, Scale, WeightedSum
 from skipkit.shortcuts import CenterCrop, Resample, ZeroPad, plan_shortcut
 from skipkit.skips import (
-    DenseBlock,
-    DenseLayer,
     DropPath,
     Highway,
     Residual,
+    SkipInfo,
     SkipModule,
     materialize,
     skips_disabled,
 )
-from skipkit.surgery import SkipInfo, add_skip, connect, list_skips, remove_skip, taps
+from skipkit.surgery import add_skip, connect, list_skips, remove_skip, taps
 
 if TYPE_CHECKING:
     from skipkit import data, diagnostics, experiments, models, train

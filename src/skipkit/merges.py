@@ -27,6 +27,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from skipkit._checks import check_finite, check_positive_int
 from skipkit.shapes import Layout, ShapeMismatchError, channel_dim, resolve_layout
 from skipkit.shortcuts import pointwise
 
@@ -61,8 +62,10 @@ class Merge(nn.Module):
         """True once every parameter exists (always, for merges without lazy parameters)."""
         return True
 
-    def without_skip(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        """The merge's output with the skip path removed (the plain twin)."""
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
+        """The merge's output with the skip path removed (the plain twin): ``branch``, or
+        what the merge makes of it alone (a scaled branch, zeros where a skip was
+        concatenated)."""
         return branch
 
     def out_shape(self, skip_shape: Sequence[int], branch_shape: Sequence[int]) -> Shape:
@@ -81,12 +84,25 @@ class Merge(nn.Module):
 
 
 class Add(Merge):
-    """Residual addition: ``(N, *S) + (N, *S) -> (N, *S)``."""
+    """Residual addition: ``(N, *S) + (N, *S) -> (N, *S)``.
+
+    Args:
+        inplace: add the skip into the branch's memory (``branch += skip``, as torchvision's
+            blocks do). Only for a branch whose last op does not keep its output for
+            backward (a norm or a convolution does not; a ``sigmoid`` or ``tanh`` does).
+    """
+
+    def __init__(self, *, inplace: bool = False) -> None:
+        super().__init__()
+        self.inplace = inplace
 
     def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if skip.shape != branch.shape:
             self._check(tuple(skip.shape), tuple(branch.shape))
-        return skip + branch
+        return branch.add_(skip) if self.inplace else skip + branch
+
+    def extra_repr(self) -> str:
+        return "inplace=True" if self.inplace else ""
 
 
 class Mul(Merge):
@@ -115,12 +131,15 @@ class Concat(Merge):
 
     def __init__(self, out_channels: int | None = None, *, dim: int | None = None) -> None:
         super().__init__()
-        if out_channels is not None and out_channels < 1:
-            raise ValueError(f"Concat(out_channels={out_channels}) must be positive")
+        if out_channels is not None:
+            check_positive_int("Concat(out_channels)", out_channels)
+        if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
+            raise TypeError(f"Concat(dim=...) must be an int or None, got {type(dim).__name__}")
         self.out_channels = out_channels
         self.dim = dim
         self.reduce: nn.Module | None = None
         self._dim: int = 1 if dim is None else dim
+        self._skip_channels: int | None = None  # known after setup(), for without_skip
 
     @property
     def ready(self) -> bool:
@@ -143,6 +162,7 @@ class Concat(Merge):
         s, b = tuple(skip_shape), tuple(branch_shape)
         self._dim = d = self._cat_dim(len(b), layout)
         self._check_cat(s, b)
+        self._skip_channels = s[d]
         if self.out_channels is not None and self.reduce is None:
             lay = resolve_layout(layout, len(b))
             if self.dim is not None and self._dim not in (1, len(b) - 1):
@@ -182,8 +202,13 @@ class Concat(Merge):
         y = torch.cat([branch, skip], dim=d)
         return self.reduce(y) if self.reduce is not None else y
 
-    def without_skip(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return self.forward(torch.zeros_like(skip), branch)
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
+        """``cat([b, 0])``: zeros in the skip's channels keep the output's width."""
+        if self._skip_channels is None:
+            raise RuntimeError("Concat.without_skip needs the skip's width: call setup() first")
+        shape = list(branch.shape)
+        shape[self._dim % branch.ndim] = self._skip_channels
+        return self.forward(branch.new_zeros(shape), branch)
 
     def extra_repr(self) -> str:
         return f"out_channels={self.out_channels}, dim={self._dim}"
@@ -218,11 +243,14 @@ class Gate(Merge):
     ``T(s) = sigmoid(W_T s + b_T)`` with a 1×1 conv (channels first) or ``nn.Linear``; the bias
     starts at ``bias`` (negative: the block starts by carrying its input; -1, -2, -3 suit
     depths of about 10, 20, 30). Shapes: ``(N, *S), (N, *S) -> (N, *S)``.
+
+    Without the skip (the plain twin) the gate goes with it: ``y = b``, the plain network
+    Srivastava et al. compare highways against.
     """
 
     def __init__(self, bias: float = -2.0) -> None:
         super().__init__()
-        self.bias = float(bias)
+        self.bias = check_finite("Gate(bias)", bias)
         self.transform: nn.Module | None = None
 
     @property
@@ -255,9 +283,6 @@ class Gate(Merge):
         t = self.gate(skip)
         return t * branch + (1.0 - t) * skip
 
-    def without_skip(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return self.gate(skip) * branch
-
     def extra_repr(self) -> str:
         return f"bias={self.bias}"
 
@@ -275,8 +300,8 @@ class Scale(Merge):
 
     def __init__(self, init: float = 0.0, *, per_channel: bool = False) -> None:
         super().__init__()
-        self.init = float(init)
-        self.per_channel = per_channel
+        self.init = check_finite("Scale(init)", init)
+        self.per_channel = bool(per_channel)
         self.alpha: nn.Parameter | None = (
             None if per_channel else nn.Parameter(torch.tensor(self.init))
         )
@@ -313,7 +338,7 @@ class Scale(Merge):
             self._check(tuple(skip.shape), tuple(branch.shape))
         return skip + self._factor() * branch
 
-    def without_skip(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
         return self._factor() * branch
 
     def extra_repr(self) -> str:
@@ -328,14 +353,16 @@ class WeightedSum(Merge):
 
     def __init__(self, skip_weight: float = 1.0, branch_weight: float = 1.0) -> None:
         super().__init__()
-        self.weights = nn.Parameter(torch.tensor([float(skip_weight), float(branch_weight)]))
+        a = check_finite("WeightedSum(skip_weight)", skip_weight)
+        w = check_finite("WeightedSum(branch_weight)", branch_weight)
+        self.weights = nn.Parameter(torch.tensor([a, w]))
 
     def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if skip.shape != branch.shape:
             self._check(tuple(skip.shape), tuple(branch.shape))
         return self.weights[0] * skip + self.weights[1] * branch
 
-    def without_skip(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
         return self.weights[1] * branch
 
 

@@ -35,7 +35,6 @@ _LAYOUT_ALIASES: dict[str, Layout] = {
     "nlc": "NLC",
     "ntf": "NLC",
     "features_last": "NLC",
-    "channels_last": "NLC",
     "nf": "NF",
 }
 
@@ -69,7 +68,16 @@ def normalize_layout(layout: str | None) -> Layout | None:
     """Resolve a layout name or alias (``"NC"``, ``"channels_first"``, ``"NLC"``, …)."""
     if layout is None:
         return None
+    if not isinstance(layout, str):
+        raise TypeError(f"layout must be a string or None, got {type(layout).__name__}")
     key = layout.lower()
+    if key == "channels_last":
+        # renamed: torch's channels_last is a memory format, not where the features are
+        raise ValueError(
+            "layout='channels_last' is no longer accepted: it read as torch's channels_last "
+            "memory format. Use layout='NLC' (alias 'features_last') for features-last "
+            "tensors (N, ..., C); a channels_last memory format needs no layout at all"
+        )
     if key not in _LAYOUT_ALIASES:
         raise ValueError(
             f"unknown layout {layout!r}; use 'NC' (channels first), 'NLC' (features last) "

@@ -28,6 +28,32 @@ from skipkit.shapes import Layout, ShapeMismatchError, channel_dim, fmt_shape, r
 
 ShortcutKind = Literal["auto", "identity", "project", "pad", "avgdown", "resample"]
 SHORTCUT_KINDS: tuple[str, ...] = ("auto", "identity", "project", "pad", "avgdown", "resample")
+#: He et al.'s options and ResNet-D's letter, accepted (any case) for the core kinds.
+SHORTCUT_ALIASES: dict[str, str] = {"a": "pad", "b": "project", "d": "avgdown"}
+_KIND_HELP = {
+    "auto": "whatever fits",
+    "identity": "no change",
+    "project": "1x1 conv + BN / Linear, alias 'B'",
+    "pad": "subsample + zero channels, alias 'A'",
+    "avgdown": "average pool, then 1x1 conv + BN (ResNet-D), alias 'D'",
+    "resample": "interpolate",
+}
+
+
+def parse_shortcut_kind(
+    spec: object, *, allowed: Sequence[str] = SHORTCUT_KINDS, owner: str = "shortcut"
+) -> str:
+    """The core kind for a shortcut name or alias (``"B"`` -> ``"project"``; the one place the
+    aliases are parsed). ``allowed`` narrows the kinds (a model's options); ``owner`` names the
+    argument in the error."""
+    if not isinstance(spec, str):
+        raise TypeError(f"{owner} must be a string, got {type(spec).__name__} {spec!r}")
+    kind = SHORTCUT_ALIASES.get(spec.lower(), spec.lower())
+    if kind not in allowed:
+        options = ", ".join(f"{k!r} ({_KIND_HELP[k]})" for k in allowed)
+        raise ValueError(f"unknown shortcut {spec!r} for {owner}; use {options}")
+    return kind
+
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -185,8 +211,7 @@ def plan_shortcut(
     Raises:
         ShapeMismatchError: no shortcut of this kind can make the shapes fit.
     """
-    if kind not in SHORTCUT_KINDS:
-        raise ValueError(f"unknown shortcut {kind!r}; choose one of {SHORTCUT_KINDS} or a module")
+    kind = parse_shortcut_kind(kind)
     a, b = tuple(int(s) for s in in_shape), tuple(int(s) for s in out_shape)
 
     def fail(msg: str, *fixes: str) -> ShapeMismatchError:

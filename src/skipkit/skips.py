@@ -1,4 +1,5 @@
-"""Skip-connection modules: :class:`Residual`, :class:`Highway`, :class:`DenseBlock`.
+"""The skip protocol :class:`SkipModule` and the core skips :class:`Residual`, :class:`Highway`
+(:class:`~skipkit.DenseBlock` lives in :mod:`skipkit.dense`).
 
 ::
 
@@ -14,6 +15,7 @@ shortcut is planned from the input shape and the body's output shape, at constru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -21,8 +23,8 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
+from skipkit._checks import check_finite, check_probability
 from skipkit.merges import Merge, resolve_merge
 from skipkit.shapes import (
     Layout,
@@ -35,7 +37,7 @@ from skipkit.shapes import (
     normalize_layout,
     resolve_layout,
 )
-from skipkit.shortcuts import SHORTCUT_KINDS, plan_shortcut
+from skipkit.shortcuts import parse_shortcut_kind, plan_shortcut
 
 log = logging.getLogger(__name__)
 
@@ -54,30 +56,182 @@ def resolve_activation(spec: str | nn.Module | None) -> nn.Module | None:
     """``None``, an ``nn.Module``, or a name from :data:`ACTIVATIONS`."""
     if spec is None or isinstance(spec, nn.Module):
         return spec
-    if isinstance(spec, str) and spec in ACTIVATIONS:
+    if not isinstance(spec, str):
+        raise TypeError(
+            f"post/activation must be None, an nn.Module or a name from {sorted(ACTIVATIONS)}, "
+            f"got {type(spec).__name__}"
+        )
+    if spec in ACTIVATIONS:
         return ACTIVATIONS[spec]()
     raise ValueError(
         f"unknown activation {spec!r}; use an nn.Module or one of {sorted(ACTIVATIONS)}"
     )
 
 
-class SkipModule(nn.Module):
-    """Base of every module that owns a skip path (used by :func:`skips_disabled` and
-    :func:`skipkit.list_skips`).
+@dataclasses.dataclass(frozen=True)
+class SkipInfo:
+    """One skip of a model, as :meth:`SkipModule.describe` and :func:`skipkit.list_skips`
+    report it.
 
     Attributes:
-        skip_enabled: when ``False`` the module computes its plain twin (same weights, the
-            skip path removed).
-        path: the module's dotted path in its model, for error messages (set by
-            :func:`materialize`).
+        path: the skip module's path in the model (``"layer1.0"``, ``"skips.0"``).
+        kind: its class (``"Residual"``, ``"DenseBlock"``, ``"AddedSkip"``, a model block).
+        tap: where the skipped signal comes from: ``"input"`` for a block's own input, or
+            the ``src`` path of an added skip.
+        dst: where it joins: the block's own output (its path) or the added skip's ``dst``.
+        shortcut: what makes it fit (``"Identity"``, ``"Conv2d+BatchNorm2d"``, …).
+        merge: how it joins (``"Add"``, ``"Concat"``, ``"rezero"``, …).
+        parameters: parameters of the shortcut and merge (not the body's).
+        enabled: ``False`` inside :func:`skipkit.skips_disabled`.
+        added: whether :func:`skipkit.add_skip` / :func:`skipkit.connect` added it (only
+            those can be removed with :func:`skipkit.remove_skip`).
     """
 
+    path: str
+    kind: str
+    tap: str
+    dst: str
+    shortcut: str
+    merge: str
+    parameters: int
+    enabled: bool
+    added: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain ``dict`` (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+
+class PendingShortcut(nn.Module):
+    """Stands in for a shortcut that is planned from the shapes at the first forward.
+
+    It has no parameters; :class:`Residual` replaces it with the planned module (so
+    ``block.shortcut`` is always a module, never ``None``). Calling it is a bug in the
+    caller: the owner plans its shortcut before using it.
+
+    Attributes:
+        kind: the requested kind (``"auto"``, ``"project"``, …; see :mod:`skipkit.shortcuts`).
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(
+            f"shortcut {self.kind!r} has not been planned yet; its skip plans it at its first "
+            "forward (or call skipkit.materialize(model, example_input))"
+        )
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+
+def module_summary(module: nn.Module) -> str:
+    """``Sequential(Conv2d, BatchNorm2d)`` -> ``"Conv2d+BatchNorm2d"``; others: the class name
+    (a pending shortcut: its requested kind)."""
+    if isinstance(module, PendingShortcut):
+        return module.kind
+    parts: list[str] = []
+    stack: list[nn.Module] = [module]
+    while stack:
+        m = stack.pop(0)
+        if isinstance(m, nn.Sequential):
+            stack = list(m) + stack
+        else:
+            parts.append(type(m).__name__)
+    return "+".join(parts) or "Identity"
+
+
+def _own_parameter_count(*modules: nn.Module | None) -> int:
+    return sum(
+        p.numel()
+        for m in modules
+        if m is not None
+        for p in m.parameters()
+        if not isinstance(p, nn.parameter.UninitializedParameter)
+    )
+
+
+class SkipModule(nn.Module):
+    """The protocol every skip implements: four parts and one ``forward``.
+
+    ::
+
+              ┌──────────── shortcut ─────────────┐
+        x ──tap┤                                   merge ── post ──> y
+              └──────────── branch ───────────────┘
+
+    ``forward(x, *args, **kwargs)`` is written once, here::
+
+        b = branch(x, *args, **kwargs)
+        y = merge(shortcut(x), b) if skip_enabled else merge.without_skip(b)
+        return y if post is None else post(y)
+
+    so the plain twin (``skip_enabled = False``, see :func:`skips_disabled`), the diagnostics
+    and :func:`skipkit.list_skips` are written against these parts, never against a subclass.
+
+    RNN convention: when ``branch`` returns a tuple ``(output, state, ...)`` the skip joins
+    ``output`` and ``forward`` returns ``(y, state, ...)``; a tuple input uses its first item
+    (the output of a residual RNN layer below), so such layers stack in ``nn.Sequential``.
+
+    Attributes:
+        tap: where the skipped signal comes from: ``"input"`` (the block's own input) or a
+            module path.
+        shortcut: what makes the skip fit (``nn.Identity`` when nothing is needed).
+        merge: how it joins (a :class:`~skipkit.merges.Merge`).
+        post: what follows the join, or ``None``.
+        skip_enabled: when ``False`` the module computes its plain twin (same weights, the
+            skip path removed): ``post(merge.without_skip(branch(x)))``.
+        path: the module's dotted path in its model, for messages (set by
+            :func:`materialize`).
+
+    Subclasses implement :meth:`branch` and set the parts in ``__init__``.
+    """
+
+    tap: str = "input"
+    shortcut: nn.Module
+    merge: Merge
+    post: nn.Module | None
     skip_enabled: bool = True
     path: str | None = None
 
-    def describe(self) -> dict[str, Any]:
-        """A summary for :func:`skipkit.list_skips`: tap, shortcut, merge, parameters."""
-        return {"kind": type(self).__name__}
+    def __init__(self) -> None:
+        super().__init__()
+        # an instance attribute, not a class default: a class-level ``post = None`` would
+        # hide a post module that nn.Module keeps in ``_modules``
+        self.post = None
+
+    def branch(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The main path: ``x`` (and any extra arguments) -> the branch output."""
+        raise NotImplementedError(f"{type(self).__name__} must implement branch(x, ...)")
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(x, tuple):  # (output, state) from a residual RNN layer below
+            x = x[0]
+        b = self.branch(x, *args, **kwargs)
+        rest: tuple[Any, ...] = ()
+        if isinstance(b, tuple):  # RNN bodies: (output, state); the skip joins the output
+            b, rest = b[0], tuple(b[1:])
+        y = self.merge(self.shortcut(x), b) if self.skip_enabled else self.merge.without_skip(b)
+        if self.post is not None:
+            y = self.post(y)
+        return (y, *rest) if rest else y
+
+    def describe(self) -> SkipInfo:
+        """This skip's parts, typed (its ``path`` is :attr:`path`, or ``""`` if unset)."""
+        where = self.path or ""
+        return SkipInfo(
+            path=where,
+            kind=type(self).__name__,
+            tap=self.tap,
+            dst=where,
+            shortcut=module_summary(self.shortcut),
+            merge=type(self.merge).__name__,
+            parameters=_own_parameter_count(self.shortcut, self.merge),
+            enabled=self.skip_enabled,
+            added=False,
+        )
 
     @property
     def ready(self) -> bool:
@@ -94,9 +248,7 @@ class DropPath(nn.Module):
 
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"DropPath(p={p}) needs 0 <= p < 1")
-        self.p = float(p)
+        self.p = check_probability("DropPath(p)", p)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
@@ -111,6 +263,26 @@ class DropPath(nn.Module):
 
 def _first_tensor(module: nn.Module) -> torch.Tensor | None:
     return next(itertools.chain(module.parameters(), module.buffers()), None)
+
+
+def _check_in_shape(in_shape: Sequence[int] | None) -> tuple[int, ...] | None:
+    """``in_shape`` as a tuple of ints (batch >= 0, every other dim >= 1)."""
+    if in_shape is None:
+        return None
+    if isinstance(in_shape, str | bytes) or not isinstance(in_shape, Sequence):
+        raise TypeError(
+            f"in_shape must be a sequence of ints such as (1, 64, 32, 32), got "
+            f"{type(in_shape).__name__}"
+        )
+    if any(isinstance(d, bool) or not isinstance(d, int) for d in in_shape):
+        raise TypeError(f"in_shape={tuple(in_shape)!r} must hold ints only")
+    shape = tuple(int(d) for d in in_shape)
+    if len(shape) < 2 or shape[0] < 0 or any(d < 1 for d in shape[1:]):
+        raise ValueError(
+            f"in_shape={shape} needs a batch dim >= 0 and at least one more dim, each >= 1 "
+            "(e.g. (1, 64, 32, 32))"
+        )
+    return shape
 
 
 class Residual(SkipModule):
@@ -158,20 +330,25 @@ class Residual(SkipModule):
         super().__init__()
         if not isinstance(body, nn.Module):
             raise TypeError(f"Residual body must be an nn.Module, got {type(body).__name__}")
-        if not isinstance(shortcut, nn.Module) and shortcut not in SHORTCUT_KINDS:
-            raise ValueError(
-                f"unknown shortcut {shortcut!r}; choose one of {SHORTCUT_KINDS} or an nn.Module"
-            )
+        if not isinstance(shortcut, nn.Module):
+            shortcut = parse_shortcut_kind(shortcut, owner="Residual(shortcut) (or an nn.Module)")
+        rate = check_probability("Residual(drop_path)", drop_path)
+        shape = _check_in_shape(in_shape)
         self.body = body
         self.merge = resolve_merge(merge)
         self.post = resolve_activation(post)
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.drop_path = DropPath(rate) if rate > 0 else nn.Identity()
+        # A body without tensors has no dtype of its own: the parts follow the input's.
+        self._follow_input_dtype = _first_tensor(body) is None
         self.layout: Layout | None = normalize_layout(layout) or infer_layout(body)
         self.shortcut_kind = "module" if isinstance(shortcut, nn.Module) else str(shortcut)
-        self.shortcut: nn.Module | None = shortcut if isinstance(shortcut, nn.Module) else None
+        # A shortcut given by name is planned from the shapes; until then a placeholder.
+        self.shortcut: nn.Module = (
+            shortcut if isinstance(shortcut, nn.Module) else PendingShortcut(str(shortcut))
+        )
         self._built = False
-        if in_shape is not None:
-            self._plan_from_in_shape(tuple(int(s) for s in in_shape))
+        if shape is not None:
+            self._plan_from_in_shape(shape)
 
     @property
     def ready(self) -> bool:
@@ -184,8 +361,10 @@ class Residual(SkipModule):
         if has_uninitialized_params(self.body):
             log.debug("%s: lazy body; planning the shortcut at the first forward", self._where())
             return
+        ref = _first_tensor(self.body)
+        dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
         try:
-            out = meta_forward(self.body, torch.empty(in_shape, device="meta"))
+            out = meta_forward(self.body, torch.empty(in_shape, device="meta", dtype=dtype))
         except NotImplementedError:
             log.debug("%s: no meta kernel; planning at the first forward", self._where())
             return
@@ -197,7 +376,6 @@ class Residual(SkipModule):
             ) from e
         branch = out[0] if isinstance(out, tuple) else out
         assert isinstance(branch, torch.Tensor)
-        ref = _first_tensor(self.body)
         self._build(
             in_shape,
             tuple(branch.shape),
@@ -215,7 +393,7 @@ class Residual(SkipModule):
     ) -> None:
         where = self._where()
         self.merge.path = where
-        if self.shortcut is None:
+        if isinstance(self.shortcut, PendingShortcut):
             shortcut = plan_shortcut(
                 in_shape,
                 out_shape,
@@ -228,6 +406,10 @@ class Residual(SkipModule):
             skip_shape = _planned_shape(in_shape, out_shape, self.layout, self.merge)
         else:
             skip_shape = self._custom_shortcut_shape(in_shape, out_shape)
+            if not self.skip_enabled and self.merge.match_channels:
+                # a plain twin never joins its skip: the branch alone sizes the merge (a
+                # skip that would not fit is still refused by the merge if it is switched on)
+                skip_shape = out_shape
         self.merge.setup(skip_shape, out_shape, self.layout, device=device, dtype=dtype)
         # Parts created now must follow the block's mode (e.g. eval inside materialize()).
         self.shortcut.train(self.training)
@@ -241,10 +423,17 @@ class Residual(SkipModule):
             fmt_shape(out_shape),
         )
 
+    def _follow_dtype(self, dtype: torch.dtype) -> None:
+        """Cast planned parts to the input's dtype (a parameter-free body has none)."""
+        ref = _first_tensor(self.shortcut)
+        ref = ref if ref is not None else _first_tensor(self.merge)
+        if ref is not None and ref.is_floating_point() and ref.dtype != dtype:
+            self.shortcut.to(dtype=dtype)
+            self.merge.to(dtype=dtype)
+
     def _custom_shortcut_shape(
         self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
     ) -> tuple[int, ...]:
-        assert self.shortcut is not None
         try:
             skip = meta_forward(self.shortcut, torch.empty(in_shape, device="meta"))
         except NotImplementedError:
@@ -259,47 +448,22 @@ class Residual(SkipModule):
         assert isinstance(skip, torch.Tensor)
         return tuple(skip.shape)
 
-    def forward(self, x: torch.Tensor | tuple[Any, ...]) -> Any:
-        if isinstance(x, tuple):  # (output, state) from a residual RNN layer below
-            x = x[0]
-        assert isinstance(x, torch.Tensor)
-        out = self.body(x)
-        state = None
-        if isinstance(out, tuple):  # RNN bodies: (output, state)
-            out, state = out[0], out[1]
+    def branch(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """``drop_path(body(x, *args, **kwargs))``; the shortcut sees ``x`` only. Plans the
+        shortcut and merge from the shapes on the first call."""
+        out = self.body(x, *args, **kwargs)
+        y = out[0] if isinstance(out, tuple) else out  # RNN bodies: (output, state)
+        if self._follow_input_dtype and self._built and x.is_floating_point():
+            self._follow_dtype(x.dtype)
         if not self._built:
             self._build(
                 tuple(x.shape),
-                tuple(out.shape),
-                device=out.device,
-                dtype=out.dtype if out.is_floating_point() else None,
+                tuple(y.shape),
+                device=y.device,
+                dtype=y.dtype if y.is_floating_point() else None,
             )
-        assert self.shortcut is not None
-        skip = self.shortcut(x)
-        branch = self.drop_path(out)
-        if self.skip_enabled:
-            y = self.merge(skip, branch)
-        else:
-            y = self.merge.without_skip(skip, branch)
-        if self.post is not None:
-            y = self.post(y)
-        return y if state is None else (y, state)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": type(self).__name__,
-            "tap": "input",
-            "shortcut": _module_summary(self.shortcut) if self.ready else self.shortcut_kind,
-            "merge": type(self.merge).__name__,
-            "parameters": sum(
-                p.numel()
-                for m in (self.shortcut, self.merge)
-                if m is not None
-                for p in m.parameters()
-                if not isinstance(p, nn.parameter.UninitializedParameter)
-            ),
-            "enabled": self.skip_enabled,
-        }
+        y = self.drop_path(y)
+        return (y, *out[1:]) if isinstance(out, tuple) else y
 
     def _load_from_state_dict(
         self,
@@ -327,13 +491,6 @@ class Residual(SkipModule):
         return f"layout={self.layout}, shortcut={self.shortcut_kind!r}, built={self._built}"
 
 
-def _module_summary(module: nn.Module | None) -> str:
-    """``Sequential(Conv2d, BatchNorm2d)`` -> ``"Conv2d+BatchNorm2d"``; others: the class name."""
-    if isinstance(module, nn.Sequential):
-        return "+".join(type(m).__name__ for m in module)
-    return type(module).__name__
-
-
 def _planned_shape(
     in_shape: tuple[int, ...], out_shape: tuple[int, ...], layout: Layout | None, merge: Merge
 ) -> tuple[int, ...]:
@@ -344,6 +501,28 @@ def _planned_shape(
     lay = resolve_layout(layout, len(out_shape))
     d = channel_dim(lay, len(out_shape))
     return (*out_shape[:d], in_shape[d], *out_shape[d + 1 :])
+
+
+def plain_residual(
+    body: nn.Module,
+    *,
+    merge: str | Merge = "add",
+    post: str | nn.Module | None = None,
+    in_shape: Sequence[int] | None = None,
+    layout: str | None = None,
+) -> Residual:
+    """The plain twin of ``Residual(body, merge=merge, post=post)`` for ``skip=False`` builders.
+
+    The same block (``body`` under the same name, the same merge) with the skip off for good
+    and no shortcut weights: ``y = post(merge.without_skip(body(x)))``. Loading the residual
+    block's ``state_dict`` with ``strict=False`` copies every weight it uses, and the result
+    equals the residual block under :func:`skips_disabled`. Shapes as :class:`Residual`.
+    """
+    block = Residual(body, shortcut=nn.Identity(), merge=merge, post=post, layout=layout)
+    block.skip_enabled = False
+    if in_shape is not None:
+        block._plan_from_in_shape(tuple(int(s) for s in in_shape))
+    return block
 
 
 class Highway(Residual):
@@ -369,209 +548,10 @@ class Highway(Residual):
         super().__init__(
             body,
             shortcut=shortcut,
-            merge=Gate(gate_bias),
+            merge=Gate(check_finite("Highway(gate_bias)", gate_bias)),
             post=post,
             in_shape=in_shape,
             layout=layout,
-        )
-
-
-class DenseLayer(nn.Module):
-    """DenseNet-BC layer: BN-ReLU-Conv1×1 (``bn_size*growth``) then BN-ReLU-Conv3×3 (``growth``).
-
-    ``(N, C_in, *S) -> (N, growth, *S)``. Submodule names follow torchvision's
-    ``_DenseLayer`` (``norm1, relu1, conv1, norm2, relu2, conv2``) so weights are
-    interchangeable. :meth:`bottleneck` is the part :class:`DenseBlock` recomputes in backward
-    when ``memory_efficient=True``.
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        growth: int,
-        *,
-        bn_size: int = 4,
-        drop_rate: float = 0.0,
-        dims: int = 2,
-    ) -> None:
-        super().__init__()
-        conv: dict[int, type[nn.Module]] = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-        norm: dict[int, type[nn.Module]] = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
-        if dims not in conv:
-            raise ValueError(f"DenseLayer(dims={dims}) must be 1, 2 or 3")
-        width = bn_size * growth
-        self.norm1 = norm[dims](in_channels)
-        self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = conv[dims](in_channels, width, 1, bias=False)
-        self.norm2 = norm[dims](width)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = conv[dims](width, growth, 3, padding=1, bias=False)
-        self.drop_rate = float(drop_rate)
-
-    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        """``(N, C_in, *S) -> (N, bn_size*growth, *S)``: norm1, relu1, conv1, norm2, relu2."""
-        return self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x)))))
-
-    def tail(self, h: torch.Tensor) -> torch.Tensor:
-        """``(N, bn_size*growth, *S) -> (N, growth, *S)``: conv2 and dropout."""
-        out = self.conv2(h)
-        if self.drop_rate > 0:
-            out = nn.functional.dropout(out, p=self.drop_rate, training=self.training)
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tail(self.bottleneck(x))
-
-
-@contextlib.contextmanager
-def _frozen_batchnorm_stats(module: nn.Module) -> Iterator[None]:
-    """BatchNorm still normalizes with batch statistics but leaves its running statistics
-    alone: a checkpointed segment run again in backward must not count the batch twice."""
-    saved: list[tuple[nn.modules.batchnorm._BatchNorm, float | None, torch.Tensor]] = []
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.num_batches_tracked is not None:
-            saved.append((m, m.momentum, m.num_batches_tracked.clone()))
-            m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum, count in saved:
-            m.momentum = momentum
-            assert m.num_batches_tracked is not None
-            m.num_batches_tracked.copy_(count)
-
-
-class DenseBlock(SkipModule):
-    """DenseNet block (Huang et al. 2017): every layer sees the concatenation of all before.
-
-    ``(N, C, *S) -> (N, C + num_layers*growth, *S)`` (channels first; ``layout="NLC"``
-    concatenates on the last dim).
-
-    Args:
-        make_layer: ``make_layer(in_channels, growth) -> nn.Module`` mapping
-            ``(N, in_channels, *S) -> (N, growth, *S)``; :class:`DenseLayer` by default.
-            It is kept on the block, so pass a module-level function or a
-            ``functools.partial`` (not a lambda) if the model must pickle.
-        num_layers: how many layers.
-        growth: channels each layer adds (``k``).
-        in_channels: input channels; when ``None`` the layers are built at the first forward
-            (or from ``in_shape``).
-        memory_efficient: recompute the concatenation (and, for :class:`DenseLayer`, its
-            norm-ReLU-conv1-norm-ReLU bottleneck) in backward instead of storing it (Pleiss et
-            al. 2017). Same outputs and gradients; feature memory linear in depth.
-        in_shape: an example input shape (batch included), an alternative to
-            ``in_channels``.
-        layout: ``"NC"`` or ``"NLC"``.
-
-    Layers are registered as ``denselayer1 … denselayerN`` (torchvision's names).
-    """
-
-    def __init__(
-        self,
-        make_layer: Callable[[int, int], nn.Module] | None,
-        num_layers: int,
-        growth: int,
-        memory_efficient: bool = False,
-        *,
-        in_channels: int | None = None,
-        in_shape: Sequence[int] | None = None,
-        layout: str | None = None,
-    ) -> None:
-        super().__init__()
-        if num_layers < 1 or growth < 1:
-            raise ValueError(
-                f"DenseBlock needs num_layers >= 1 and growth >= 1, got {num_layers}, {growth}"
-            )
-        self.make_layer = make_layer
-        self.num_layers = num_layers
-        self.growth = growth
-        self.memory_efficient = memory_efficient
-        self.layout: Layout | None = normalize_layout(layout)
-        self._dim = 1
-        self._built = False
-        if in_shape is not None:
-            lay = resolve_layout(self.layout, len(in_shape))
-            self._dim = channel_dim(lay, len(in_shape))
-            in_channels = int(in_shape[self._dim])
-        if in_channels is not None:
-            self._build_layers(in_channels, None, None)
-
-    @property
-    def ready(self) -> bool:
-        return self._built
-
-    def _build_layers(
-        self, in_channels: int, device: torch.device | None, dtype: torch.dtype | None
-    ) -> None:
-        make = self.make_layer or (lambda c, k: DenseLayer(c, k))
-        for i in range(self.num_layers):
-            layer = make(in_channels + i * self.growth, self.growth)
-            if not isinstance(layer, nn.Module):
-                raise TypeError(f"make_layer must return an nn.Module, got {type(layer).__name__}")
-            layer.train(self.training)
-            self.add_module(f"denselayer{i + 1}", layer.to(device=device, dtype=dtype))
-        self._built = True
-
-    def layers(self) -> list[nn.Module]:
-        """The dense layers, in order."""
-        return [m for name, m in self.named_children() if name.startswith("denselayer")]
-
-    def _run_layer(self, layer: nn.Module, features: list[torch.Tensor]) -> torch.Tensor:
-        dim = self._dim
-        if self.memory_efficient and self.training and any(f.requires_grad for f in features):
-            recomputing = [False]
-
-            def segment(*feats: torch.Tensor) -> torch.Tensor:
-                cat = torch.cat(feats, dim)
-                if isinstance(layer, DenseLayer):
-                    ctx = _frozen_batchnorm_stats(layer) if recomputing[0] else None
-                    recomputing[0] = True
-                    with ctx or contextlib.nullcontext():
-                        return layer.bottleneck(cat)
-                ctx = _frozen_batchnorm_stats(layer) if recomputing[0] else None
-                recomputing[0] = True
-                with ctx or contextlib.nullcontext():
-                    out: torch.Tensor = layer(cat)
-                    return out
-
-            h = checkpoint(segment, *features, use_reentrant=False)
-            assert isinstance(h, torch.Tensor)
-            return layer.tail(h) if isinstance(layer, DenseLayer) else h
-        out: torch.Tensor = layer(torch.cat(features, dim))
-        return out
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._built:
-            lay = resolve_layout(self.layout, x.ndim)
-            self._dim = channel_dim(lay, x.ndim)
-            self._build_layers(
-                x.shape[self._dim], x.device, x.dtype if x.is_floating_point() else None
-            )
-        features = [x]
-        for layer in self.layers():
-            if self.skip_enabled:
-                inputs = features
-            else:  # the plain twin: each layer sees only the previous layer's output
-                inputs = [torch.zeros_like(f) for f in features[:-1]] + [features[-1]]
-            features.append(self._run_layer(layer, inputs))
-        if not self.skip_enabled:
-            features = [torch.zeros_like(f) for f in features[:-1]] + [features[-1]]
-        return torch.cat(features, self._dim)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "DenseBlock",
-            "tap": "every earlier layer",
-            "shortcut": "identity",
-            "merge": "Concat",
-            "parameters": 0,
-            "enabled": self.skip_enabled,
-        }
-
-    def extra_repr(self) -> str:
-        return (
-            f"num_layers={self.num_layers}, growth={self.growth}, "
-            f"memory_efficient={self.memory_efficient}"
         )
 
 

@@ -16,8 +16,9 @@ import torchvision
 from torch import nn
 
 import skipkit as sk
+from skipkit.dense import DenseBlock
 from skipkit.models import create
-from skipkit.models.densenet import DenseNet, EfficientDenseBlock, densenet121, densenet_bc
+from skipkit.models.densenet import DenseNet, densenet121, densenet_bc
 
 DEPTHS = ["densenet121", "densenet161", "densenet169", "densenet201"]
 
@@ -133,9 +134,9 @@ def test_memory_efficient_is_exact_in_training(builder: functools.partial, shape
         torch.testing.assert_close(bn_b[key], bn_a[key], rtol=0, atol=0, msg=key)
 
 
-def _dense_block(dims: int, memory_efficient: bool) -> EfficientDenseBlock:
+def _dense_block(dims: int, memory_efficient: bool) -> DenseBlock:
     make = functools.partial(sk.DenseLayer, bn_size=2, dims=dims)
-    return EfficientDenseBlock(make, 3, 4, memory_efficient, in_channels=5)
+    return DenseBlock(make, 3, 4, memory_efficient, in_channels=5)
 
 
 @pytest.mark.parametrize("dims", [1, 3])
@@ -182,7 +183,7 @@ def test_other_layers_fall_back_to_checkpointing() -> None:
     def make(c: int, k: int) -> nn.Module:
         return nn.Sequential(nn.BatchNorm2d(c), nn.ReLU(), nn.Conv2d(c, k, 3, padding=1))
 
-    a = EfficientDenseBlock(make, 3, 4, False, in_channels=5).train()
+    a = DenseBlock(make, 3, 4, False, in_channels=5).train()
     b = copy.deepcopy(a)
     b.memory_efficient = True
     x = torch.randn(2, 5, 6, 6)
@@ -301,4 +302,4 @@ def test_memory_efficient_training_uses_the_one_tensor_layer_function() -> None:
             seen.add(node)
             todo += [n for n, _ in node.next_functions]
     kinds = [type(node).__name__ for node in seen]
-    assert kinds.count("_DenseLayerFunctionBackward") == 3, kinds  # one per layer
+    assert kinds.count("DenseLayerFunctionBackward") == 3, kinds  # one per layer

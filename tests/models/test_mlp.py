@@ -9,7 +9,6 @@ from torch import nn
 
 import skipkit as sk
 from skipkit.models import create
-from skipkit.models._blocks import Plain
 from skipkit.models.mlp import MLP, highway_gate_bias
 
 SIZES = {"in_features": 10, "out_features": 3, "width": 16}
@@ -25,8 +24,11 @@ def test_shapes_and_blocks(name: str) -> None:
     assert isinstance(model, MLP)
     assert model(torch.randn(5, 10)).shape == (5, 3)
     kinds = {type(b) for b in model.blocks}
-    expected = {"plain_mlp": Plain, "residual_mlp": sk.Residual, "highway_mlp": sk.Highway}
+    expected = {"plain_mlp": sk.Residual, "residual_mlp": sk.Residual, "highway_mlp": sk.Highway}
     assert kinds == {expected[name]}
+    # the plain net's blocks are residual blocks with the skip off for good, no shortcut weights
+    assert all(b.skip_enabled == (name != "plain_mlp") for b in model.blocks)
+    assert all(isinstance(b.shortcut, nn.Identity) for b in model.blocks)
 
 
 def test_parameter_counts() -> None:
@@ -74,7 +76,7 @@ def test_default_gate_bias_follows_the_paper(depth: int, bias: float) -> None:
 def test_skip_false_is_the_plain_twin_of_residual(norm: str | None) -> None:
     residual = create("residual_mlp", depth=3, norm=norm, **SIZES)
     plain = create("residual_mlp", depth=3, norm=norm, skip=False, **SIZES)
-    assert not any(isinstance(m, sk.SkipModule) for m in plain.modules())
+    assert not any(m.skip_enabled for m in plain.modules() if isinstance(m, sk.SkipModule))
     assert list(plain.state_dict()) == list(residual.state_dict())
     plain.load_state_dict(residual.state_dict())
     residual.eval()
@@ -84,7 +86,7 @@ def test_skip_false_is_the_plain_twin_of_residual(norm: str | None) -> None:
         assert torch.equal(residual(x), plain(x))
 
 
-def test_highway_twin_drops_the_gates_and_skips_disabled_keeps_them() -> None:
+def test_highway_twin_drops_the_gates_as_skips_disabled_does() -> None:
     highway = create("highway_mlp", depth=3, **SIZES)
     plain = create("highway_mlp", depth=3, skip=False, **SIZES)
     result = plain.load_state_dict(highway.state_dict(), strict=False)
@@ -96,7 +98,8 @@ def test_highway_twin_drops_the_gates_and_skips_disabled_keeps_them() -> None:
     h = highway.stem(x)
     with torch.no_grad(), sk.skips_disabled(highway):
         block = highway.blocks[0]
-        assert torch.equal(block(h), block.merge.gate(h) * block.body(h))  # T·H, no carry
+        assert torch.equal(block(h), block.body(h))  # H alone: no carry, no gate
+        assert torch.equal(highway(x), plain(x))
 
 
 def test_rezero_merge_starts_as_the_shallow_net() -> None:

@@ -62,8 +62,8 @@ SPECS: dict[str, Spec] = {
     ),
     "plain_mlp": Spec((4, 6), MLP),
     "residual_mlp": Spec((4, 6), MLP),
-    # skip=False drops the gates too (the paper's plain net); skips_disabled keeps T·H.
-    "highway_mlp": Spec((4, 6), MLP, twin_equal=False),
+    # skip=False drops the gates with the carry (the paper's plain net), as skips_disabled does
+    "highway_mlp": Spec((4, 6), MLP),
     "residual_lstm": Spec((2, 5, 3), RNN),
     "residual_gru": Spec((2, 5, 3), RNN),
 }
@@ -103,7 +103,9 @@ def test_densenet_bc_has_the_papers_size() -> None:
 def test_forward_backward_finite(name: str) -> None:
     spec = _spec(name)
     model = create(name, **spec.kwargs).train()
-    assert any(isinstance(m, sk.SkipModule) for m in model.modules()) == _accepts_skip(name)
+    # plain_mlp's blocks are residual blocks with the skip off for good
+    enabled = [m.skip_enabled for m in model.modules() if isinstance(m, sk.SkipModule)]
+    assert enabled and all(enabled) == _accepts_skip(name)
     x = torch.randn(spec.shape)
     out = model(x)
     assert isinstance(out, torch.Tensor) and out.shape[0] == spec.shape[0]
@@ -134,3 +136,24 @@ def test_plain_twin_has_no_skip_and_equals_skips_disabled(name: str) -> None:
             off = residual(x)
         torch.testing.assert_close(off, plain(x), rtol=0, atol=0)
         assert not torch.equal(off, ref), f"{name}: turning the skips off changed nothing"
+
+
+@pytest.mark.parametrize("name", [n for n, s in SPECS.items() if s.run and _accepts_skip(n)])
+def test_every_skip_exposes_the_protocol_and_a_gradient_balance(name: str) -> None:
+    spec = _spec(name)
+    torch.manual_seed(0)
+    model = create(name, **spec.kwargs)
+    skips = [m for m in model.modules() if isinstance(m, sk.SkipModule)]
+    assert skips
+    for m in skips:
+        assert isinstance(m.shortcut, nn.Module) and isinstance(m.merge, sk.Merge)
+        assert m.post is None or isinstance(m.post, nn.Module)
+        assert isinstance(m.tap, str) and m.skip_enabled
+        assert isinstance(m.describe(), sk.SkipInfo)
+    flow = sk.diagnostics.gradient_flow(
+        model, torch.randn(spec.shape), lambda out: out.float().square().mean()
+    )
+    assert len(flow.skips) == len(skips)
+    for s in flow.skips:
+        assert s.grad_ratio is not None and s.grad_ratio > 0, (name, s.path)
+        assert s.forward_ratio is not None, (name, s.path)

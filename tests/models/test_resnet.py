@@ -14,7 +14,7 @@ from torch import nn
 
 import skipkit as sk
 from skipkit.models import create
-from skipkit.models.resnet import BasicBlock, Bottleneck, PlainBottleneck, ResNet
+from skipkit.models.resnet import BasicBlock, Bottleneck, ResNet
 
 # torchvision's published parameter counts.
 TV_PARAMS = {
@@ -228,7 +228,8 @@ def test_zero_init_last_makes_every_block_the_identity() -> None:
 def test_plain_twin_equals_skips_disabled(name: str) -> None:
     residual = create(name)
     plain = create(name, skip=False)
-    assert not any(isinstance(m, sk.SkipModule) for m in plain.modules())
+    blocks = [m for m in plain.modules() if isinstance(m, sk.SkipModule)]
+    assert blocks and not any(m.skip_enabled or m.downsample is not None for m in blocks)
     result = plain.load_state_dict(residual.state_dict(), strict=False)
     assert result.missing_keys == []
     assert result.unexpected_keys and all(".downsample." in k for k in result.unexpected_keys)
@@ -241,7 +242,8 @@ def test_plain_twin_equals_skips_disabled(name: str) -> None:
         assert torch.equal(off, plain(x))
         assert not torch.allclose(off, residual(x))
     if name == "resnet50":
-        assert isinstance(plain.layer2[0], PlainBottleneck)
+        assert isinstance(plain.layer2[0], Bottleneck)
+        assert isinstance(plain.layer2[0].shortcut, nn.Identity)
 
 
 def test_drop_path_rates_increase_linearly() -> None:
@@ -266,7 +268,9 @@ def test_drop_path_rates_increase_linearly() -> None:
 
 
 def test_bad_options_raise() -> None:
-    with pytest.raises(ValueError, match=r"shortcut='C'.*'B'.*'avgdown'.*'A'"):
+    with pytest.raises(
+        ValueError, match=r"shortcut 'C' for ResNet.*'project'.*'B'.*'avgdown'.*'pad'"
+    ):
         create("resnet18", shortcut="C")
     with pytest.raises(ValueError, match="stem"):
         create("resnet18", stem="tiny")
@@ -279,6 +283,7 @@ def test_bad_options_raise() -> None:
 def test_describe_lists_the_shortcut() -> None:
     model = create("resnet18")
     info = model.layer2[0].describe()
-    assert info["shortcut"] == "Sequential" and info["merge"] == "Add"
-    assert info["parameters"] == 64 * 128 + 2 * 128
-    assert model.layer2[1].describe()["shortcut"] == "identity"
+    assert info.shortcut == "Conv2d+BatchNorm2d" and info.merge == "Add"
+    assert info.parameters == 64 * 128 + 2 * 128
+    assert model.layer2[1].describe().shortcut == "Identity"
+    assert create("resnet18d").layer2[0].describe().shortcut == "AvgPool2d+Conv2d+BatchNorm2d"

@@ -12,7 +12,7 @@ from torch import nn
 
 import skipkit as sk
 from skipkit.models import create
-from skipkit.models.resnet_cifar import CifarBlock, CifarResNet, PlainCifarBlock, cifar_resnet
+from skipkit.models.resnet_cifar import CifarBlock, CifarResNet, cifar_resnet
 
 # He et al. 2015, Table 6: parameters, at the paper's rounding.
 PAPER_PARAMS = {20: "0.27M", 32: "0.46M", 44: "0.66M", 56: "0.85M", 110: "1.7M", 1202: "19.4M"}
@@ -68,21 +68,26 @@ def test_shortcut_modules_per_option() -> None:
     a = create("resnet20")
     b = create("resnet20", shortcut="project")
     assert isinstance(a.layer2[0].shortcut, sk.ZeroPad)
-    assert a.layer1[0].shortcut is None and a.layer2[1].shortcut is None
+    assert isinstance(a.layer1[0].shortcut, nn.Identity)
+    assert isinstance(a.layer2[1].shortcut, nn.Identity)
     proj = b.layer3[0].shortcut
     assert isinstance(proj, nn.Sequential)
     assert isinstance(proj[0], nn.Conv2d) and proj[0].kernel_size == (1, 1)
     assert proj[0].stride == (2, 2) and isinstance(proj[1], nn.BatchNorm2d)
-    assert b.layer3[0].describe()["shortcut"] == "option B"
-    assert a.layer3[0].describe()["parameters"] == 0
+    assert b.layer3[0].describe().shortcut == "Conv2d+BatchNorm2d"
+    assert a.layer3[0].describe().shortcut == "ZeroPad"
+    assert a.layer3[0].describe().parameters == 0
 
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])
 def test_skips_disabled_equals_the_plain_twin_with_the_same_weights(shortcut: str) -> None:
     residual = create("resnet20", shortcut=shortcut)
     plain = create("resnet20", shortcut=shortcut, skip=False)
-    assert not any(isinstance(m, sk.SkipModule) for m in plain.modules())
-    assert all(isinstance(b, PlainCifarBlock) for b in plain.layer2)
+    blocks = [m for m in plain.modules() if isinstance(m, sk.SkipModule)]
+    assert blocks and not any(m.skip_enabled for m in blocks)
+    assert all(
+        isinstance(b, CifarBlock) and isinstance(b.shortcut, nn.Identity) for b in plain.layer2
+    )
     # Train a little so the BN statistics are not the identity.
     residual.train()
     with torch.no_grad():
@@ -138,7 +143,7 @@ def test_bad_depth_and_options_raise_clear_errors() -> None:
         cifar_resnet(21)
     with pytest.raises(ValueError, match="6n"):
         cifar_resnet(2)
-    with pytest.raises(ValueError, match=r"shortcut='C'.*'A'.*'B'"):
+    with pytest.raises(ValueError, match=r"shortcut 'C' for CIFAR.*'pad'.*alias 'A'.*'project'"):
         create("resnet20", shortcut="C")
     with pytest.raises(ValueError, match=r"dims=4"):
         create("resnet20", dims=4)

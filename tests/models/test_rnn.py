@@ -74,7 +74,7 @@ def test_last_concat_is_seed_001s_pattern() -> None:
 def test_plain_twin_equals_skips_disabled(name: str) -> None:
     residual = create(name, input_size=5, hidden_size=8, num_layers=3, num_classes=2)
     plain = create(name, input_size=5, hidden_size=8, num_layers=3, num_classes=2, skip=False)
-    assert not any(isinstance(m, sk.SkipModule) for m in plain.modules())
+    assert not any(m.skip_enabled for m in plain.modules() if isinstance(m, sk.SkipModule))
     result = plain.load_state_dict(residual.state_dict(), strict=False)
     assert result.missing_keys == []
     assert sorted(result.unexpected_keys) == ["layers.0.shortcut.bias", "layers.0.shortcut.weight"]

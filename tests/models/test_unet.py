@@ -76,8 +76,8 @@ def test_divisible_sizes_agree_across_aligns() -> None:
 def test_pad_fills_zeros_after_the_decoder_map() -> None:
     skip = LongSkip("concat", "pad")
     enc, dec = torch.randn(1, 2, 5, 8), torch.randn(1, 3, 4, 6)
-    fitted_enc, fitted_dec = skip.fit(enc, dec)
-    assert fitted_enc is enc and fitted_dec.shape == (1, 3, 5, 8)
+    fitted_dec = skip.branch(enc, dec)
+    assert fitted_dec.shape == (1, 3, 5, 8)
     torch.testing.assert_close(fitted_dec[:, :, 0:4, 1:7], dec)  # odd pixel at the end
     assert not fitted_dec[:, :, 4].any() and not fitted_dec[..., 0].any()
     assert not fitted_dec[..., 7].any()
@@ -87,14 +87,16 @@ def test_pad_fills_zeros_after_the_decoder_map() -> None:
 
 def test_crop_takes_the_centre_of_the_encoder_feature() -> None:
     enc, dec = torch.arange(48.0).view(1, 1, 6, 8), torch.randn(1, 1, 4, 5)
-    fitted_enc, fitted_dec = LongSkip("add", "crop").fit(enc, dec)
-    assert fitted_dec is dec
-    torch.testing.assert_close(fitted_enc, enc[:, :, 1:5, 1:6])
+    skip = LongSkip("add", "crop")
+    assert skip.branch(enc, dec) is dec  # the merge crops the encoder feature
+    torch.testing.assert_close(skip(enc, dec), enc[:, :, 1:5, 1:6] + dec, rtol=0, atol=0)
+    with sk.skips_disabled(skip):
+        assert torch.equal(skip(enc, dec), dec)
 
 
 def test_interpolate_resizes_the_decoder_map() -> None:
     enc, dec = torch.randn(1, 2, 9, 7), torch.randn(1, 2, 8, 6)
-    _, fitted = LongSkip("add", "interpolate").fit(enc, dec)
+    fitted = LongSkip("add", "interpolate").branch(enc, dec)
     expected = F.interpolate(dec, size=(9, 7), mode="bilinear", align_corners=False)
     torch.testing.assert_close(fitted, expected)
 
@@ -194,14 +196,17 @@ def test_norm_choices_and_skip_description() -> None:
     bare = unet(1, 2, norm=None, **TINY)
     assert not hasattr(bare.encoder[0], "norm1") and bare.encoder[0].conv1.bias is not None
     info = bare.decoder[2].skip.describe()
-    assert info == {
-        "kind": "LongSkip",
-        "tap": "encoder.2",
-        "shortcut": "align=pad",
-        "merge": "Concat",
-        "parameters": 0,
-        "enabled": True,
-    }
+    assert info == sk.SkipInfo(
+        path="decoder.2.skip",
+        kind="LongSkip",
+        tap="encoder.2",
+        dst="decoder.2.skip",
+        shortcut="align=pad",
+        merge="Concat",
+        parameters=0,
+        enabled=True,
+        added=False,
+    )
 
 
 def test_registry_and_weights_roundtrip(tmp_path: Any) -> None:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
 
-from skipkit.skips import SkipModule
+from skipkit.skips import PendingShortcut, SkipModule
 
 Batch = torch.Tensor | Sequence[Any]
 
@@ -39,15 +39,9 @@ def is_norm_layer(module: nn.Module) -> bool:
 
 
 def shortcut_of(m: nn.Module) -> nn.Module | None:
-    """The shortcut module of a skip: ``shortcut`` (Residual, CIFAR blocks) or ``adapter``
-    (skips added by surgery); ``None`` for the identity or a module that is no skip."""
-    if not isinstance(m, SkipModule):
-        return None
-    for name in ("shortcut", "adapter"):
-        sc = getattr(m, name, None)
-        if isinstance(sc, nn.Module):
-            return sc
-    return None
+    """The shortcut module of a skip (its protocol part; ``nn.Identity`` for the identity),
+    or ``None`` for a module that is no skip."""
+    return m.shortcut if isinstance(m, SkipModule) else None
 
 
 def norm(t: torch.Tensor) -> float:
@@ -103,7 +97,7 @@ class SkipAcc:
     out_grad: float | None = None
     branch_norm: float | None = None
     shortcut_norm: float | None = None
-    branch_grad_t: torch.Tensor | None = None
+    shortcut_grad_t: torch.Tensor | None = None
     branch_grad: float | None = None
     shortcut_grad: float | None = None
     two_inputs: bool = False
@@ -137,7 +131,7 @@ class Probe:
         self.trace = trace
         self.armed = False
         self.handles: list[Any] = []
-        self.patched: list[tuple[nn.Module, Callable[..., Any]]] = []
+        self.hooked: set[int] = set()  # ids of the shortcut and merge modules with hooks
         self.paths = {id(m): name for name, m in model.named_modules()}
         self.skip_parts: set[int] = set()
         for m in model.modules():
@@ -174,7 +168,7 @@ class Probe:
             if isinstance(m, SkipModule):
                 self.handles.append(m.register_forward_pre_hook(self._on_skip_in))
                 self.handles.append(m.register_forward_hook(self._on_skip_out))
-                self._tap_branch(m)
+                self._tap_parts(m)
         if self.trace:
             for m in self.model.modules():
                 self.handles.append(m.register_forward_hook(self._on_any))
@@ -184,9 +178,7 @@ class Probe:
         for h in self.handles:
             h.remove()
         self.handles.clear()
-        for m, _ in self.patched:
-            m.__dict__.pop("branch", None)
-        self.patched.clear()
+        self.hooked.clear()
 
     def _on_layer(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         if not self.recording or not isinstance(out, torch.Tensor):
@@ -232,6 +224,7 @@ class Probe:
         if not self.recording or not args or not isinstance(args[0], torch.Tensor):
             return None
         assert isinstance(module, SkipModule)
+        self._tap_parts(module)  # a lazily planned shortcut exists from its first pass on
         x = args[0]
         acc = SkipAcc(
             module=module,
@@ -241,25 +234,36 @@ class Probe:
             in_norm=norm(x),
         )
         self.skips[id(module)] = acc
+        rest = args[1:]
         if len(args) > 1 and isinstance(args[1], torch.Tensor):
-            # an added skip, forward(skip, branch): the branch is dst's output
-            acc.branch_norm = norm(args[1])
+            # an added skip or long skip, forward(x, b): the branch is computed outside, so
+            # its gradient is the one reaching b (x feeds the shortcut only)
             acc.two_inputs = True
+            b = args[1]
+            if b.requires_grad:
+                bv = self._view(b)
+
+                def branch_sink(g: torch.Tensor) -> None:
+                    acc.branch_grad = norm(g) if module.skip_enabled else None
+
+                bv.register_hook(branch_sink)
+                rest = (bv, *args[2:])
         if not x.requires_grad:
-            return None
+            return None if rest is args[1:] else (x, *rest)
         # a fresh autograd node: its gradient is the sum over every path inside the skip
         xv = self._view(x)
 
         def total(g: torch.Tensor) -> None:
             acc.in_grad = norm(g)
-            if acc.two_inputs:  # x feeds the shortcut only
-                acc.shortcut_grad = acc.in_grad
-            elif acc.branch_grad_t is not None:
-                acc.shortcut_grad = norm(g - acc.branch_grad_t)
-                acc.branch_grad_t = None
+            if not module.skip_enabled:  # no shortcut: every path goes through the branch
+                acc.shortcut_grad = None
+                acc.branch_grad = None if acc.two_inputs else acc.in_grad
+            elif acc.shortcut_grad_t is not None and not acc.two_inputs:
+                acc.branch_grad = norm(g - acc.shortcut_grad_t)
+            acc.shortcut_grad_t = None
 
         xv.register_hook(total)
-        return (xv, *args[1:])
+        return (xv, *rest)
 
     def _on_skip_out(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         if not self.recording:
@@ -269,12 +273,6 @@ class Probe:
         if acc is None or not isinstance(y, torch.Tensor):
             return
         acc.out_norm = norm(y)
-        if not module.skip_enabled:
-            acc.shortcut_norm = None
-        elif acc.shortcut_norm is None and acc.branch_norm is not None:
-            sc = getattr(module, "shortcut", 0)
-            if sc is None and args and isinstance(args[0], torch.Tensor):
-                acc.shortcut_norm = acc.in_norm  # identity shortcut
         if y.requires_grad:
 
             def sink(g: torch.Tensor) -> None:
@@ -282,55 +280,44 @@ class Probe:
 
             y.register_hook(sink)
 
-    def _tap_branch(self, m: SkipModule) -> None:
-        """Measure the branch's output and the gradient reaching ``x`` through it."""
-        body = getattr(m, "body", None)
-        if isinstance(body, nn.Module):
+    def _tap_parts(self, m: SkipModule) -> None:
+        """Hooks on the skip's own parts: the shortcut's input (the gradient through the
+        shortcut; the branch's is the rest of ``∂L/∂x``) and the merge's two inputs (the
+        forward balance). A shortcut still pending (planned at the first forward) is
+        hooked from the next pass on."""
+        sc, merge = m.shortcut, m.merge
+        if id(sc) not in self.hooked and not isinstance(sc, PendingShortcut):
+            self.hooked.add(id(sc))
 
-            def pre(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-                if not self.recording or not args or not isinstance(args[0], torch.Tensor):
-                    return None
-                return (self._branch_input(m, args[0]), *args[1:])
-
-            def post(_: nn.Module, args: tuple[Any, ...], out: Any) -> None:
-                self._branch_output(m, out)
-
-            self.handles.append(body.register_forward_pre_hook(pre))
-            self.handles.append(body.register_forward_hook(post))
-        elif callable(getattr(m, "branch", None)) and "branch" not in m.__dict__:
-            original = cast(Callable[..., Any], m.branch)
-
-            def branch(x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-                if self.recording and isinstance(x, torch.Tensor):
-                    x = self._branch_input(m, x)
-                out = original(x, *args, **kwargs)
-                self._branch_output(m, out)
-                return out
-
-            m.__dict__["branch"] = branch
-            self.patched.append((m, original))
-        sc = shortcut_of(m)
-        if sc is not None:
-
-            def shortcut_out(_: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+            def shortcut_in(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
                 acc = self.skips.get(id(m))
-                if self.recording and acc is not None and isinstance(out, torch.Tensor):
-                    acc.shortcut_norm = norm(out)
+                if not self.recording or acc is None or not args:
+                    return None
+                x = args[0]
+                if not isinstance(x, torch.Tensor) or not x.requires_grad:
+                    return None
+                xs = self._view(x)
 
-            self.handles.append(sc.register_forward_hook(shortcut_out))
+                def sink(g: torch.Tensor) -> None:
+                    acc.shortcut_grad = norm(g)
+                    acc.shortcut_grad_t = g.detach()
 
-    def _branch_input(self, m: SkipModule, x: torch.Tensor) -> torch.Tensor:
-        acc = self.skips.get(id(m))
-        if acc is None or not x.requires_grad:
-            return x
-        xb = self._view(x)
+                xs.register_hook(sink)
+                return (xs, *args[1:])
 
-        def sink(g: torch.Tensor) -> None:
-            acc.branch_grad = norm(g)
-            acc.branch_grad_t = g.detach()
+            self.handles.append(sc.register_forward_pre_hook(shortcut_in))
+        if id(merge) not in self.hooked:
+            self.hooked.add(id(merge))
 
-        xb.register_hook(sink)
-        return xb
+            def merge_in(_: nn.Module, args: tuple[Any, ...]) -> None:
+                acc = self.skips.get(id(m))
+                if not self.recording or acc is None or len(args) < 2:
+                    return
+                skip, branch = args[0], args[1]
+                if isinstance(skip, torch.Tensor) and isinstance(branch, torch.Tensor):
+                    acc.shortcut_norm, acc.branch_norm = norm(skip), norm(branch)
+
+            self.handles.append(merge.register_forward_pre_hook(merge_in))
 
     def _view(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` as a new autograd node (same values), remembered as an alias when tracing."""
@@ -339,12 +326,6 @@ class Probe:
             self.keep.extend((x, v))
             self.alias[id(v)] = self.alias.get(id(x), id(x))
         return v
-
-    def _branch_output(self, m: SkipModule, out: Any) -> None:
-        acc = self.skips.get(id(m))
-        y = out[0] if isinstance(out, tuple) else out
-        if self.recording and acc is not None and isinstance(y, torch.Tensor):
-            acc.branch_norm = norm(y)
 
     def _on_any(self, module: nn.Module, args: tuple[Any, ...], out: Any) -> None:
         if not self.recording:

@@ -93,7 +93,7 @@ def _build(
     except TypeError as exc:
         raise ValueError(f"cannot build {name} for {args.dataset}: {exc}") from exc
     if args.weights:
-        from skipkit.models._blocks import load_weights
+        from skipkit.models import load_weights
 
         said = io.StringIO()  # torch.hub prints "Downloading: ..." on stdout
         try:

@@ -24,10 +24,11 @@ and per *skip* (each :class:`~skipkit.SkipModule`), with ``x`` its input and ``y
   the block is close to the identity (the gradient rides the shortcut); far above 1 means the
   branch dominates and the skip does little.
 
-The branch is found from the skip's parts: a ``body`` module (:class:`~skipkit.Residual`) or a
-``branch(x)`` method (the CIFAR blocks of :mod:`skipkit.models`), which is wrapped for the
-duration of the measurement; the shortcut is the ``shortcut`` module (``None``: the identity).
-Skips without these parts (e.g. :class:`~skipkit.DenseBlock`) get the block-level numbers only.
+Every number is read from the skip's protocol parts (:class:`~skipkit.SkipModule`): hooks on
+its ``shortcut`` (the gradient through the shortcut; the branch's is the rest of ``∂L/∂x``)
+and on its ``merge`` (the two signals it joins), so every skip of every model reports them,
+the ImageNet ResNets and surgery's added skips included. A switched-off skip reports no
+shortcut numbers; its whole input gradient goes through the branch.
 
 Modules inside a skip's shortcut (projection convs) are part of the skip, not of the depth.
 A module called several times in one pass (weight sharing) keeps its first call's depth and
@@ -55,6 +56,7 @@ from skipkit.diagnostics._probe import (
     own_grad_norms,
     split_batch,
 )
+from skipkit.skips import SkipModule, materialize
 from skipkit.train import Callback
 
 if TYPE_CHECKING:
@@ -271,6 +273,9 @@ def measure(
     name: str | None,
 ) -> tuple[GradientFlow, Probe]:
     x, extra = split_batch(batch)
+    if any(isinstance(m, SkipModule) and not m.ready for m in model.modules()):
+        # the probe reads each skip's parts, so lazily planned shortcuts must exist first
+        materialize(model, x)
     modes = [(m, m.training) for m in model.modules()]
     buffers = [(b, b.detach().clone()) for b in model.buffers()]
     probe = Probe(model, ranks=ranks, trace=trace)

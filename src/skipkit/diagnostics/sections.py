@@ -165,7 +165,7 @@ def gradient_flow_section(
     initialization, and He et al.'s Fig. 7 (response std per layer) for the trained nets when
     their weights are in ``runs``."""
     from skipkit.diagnostics.plot import plot_gradient_flow
-    from skipkit.models._blocks import load_weights
+    from skipkit.models import load_weights
 
     batch = _batch(dataset, examples, seed)
     colors = _colors(depths)
@@ -252,7 +252,7 @@ def landscape_section(
     """Li et al.'s 2-D loss landscape of the residual net of ``depth`` and its plain twin,
     trained (weights from ``runs``, or ``train_epochs`` of the default recipe here)."""
     from skipkit.diagnostics.plot import plot_landscapes
-    from skipkit.models._blocks import load_weights
+    from skipkit.models import load_weights
     from skipkit.train import TrainConfig, Trainer
 
     x, y = _batch(dataset, examples, seed + 1)

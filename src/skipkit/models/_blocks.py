@@ -1,4 +1,4 @@
-"""Pieces shared by the model families: layer tables, init, the plain wrapper, weight loading.
+"""Pieces shared by the model families: layer tables, init, weight loading.
 
 :func:`load_weights` reads a ``state_dict`` from a local ``.safetensors`` file, a torch
 checkpoint (unpickled with ``weights_only=True``, so no code runs) or an http(s) URL cached
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -17,6 +16,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from skipkit._io import read_state_dict as read_file
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +65,6 @@ def he_init(model: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class Plain(nn.Module):
-    """The plain twin of ``Residual(body)``: ``y = post(body(x))``, no skip at all.
-
-    The body sits under the same attribute name (``body``), so the plain twin's
-    ``state_dict`` keys are the residual model's minus its shortcut and merge parameters:
-    ``plain.load_state_dict(residual.state_dict(), strict=False)`` copies every shared weight.
-    Like :class:`skipkit.Residual` it accepts and returns an RNN's ``(output, state)`` pair.
-    """
-
-    def __init__(self, body: nn.Module, *, post: nn.Module | None = None) -> None:
-        super().__init__()
-        self.body = body
-        self.post = post
-
-    def forward(self, x: torch.Tensor | tuple[Any, ...]) -> Any:
-        if isinstance(x, tuple):  # (output, state) from a recurrent layer below
-            x = x[0]
-        out = self.body(x)
-        if isinstance(out, tuple):
-            y = out[0] if self.post is None else self.post(out[0])
-            return (y, out[1])
-        return out if self.post is None else self.post(out)
-
-
 def _is_url(spec: str) -> bool:
     return urllib.parse.urlparse(spec).scheme in ("http", "https")
 
@@ -111,57 +88,6 @@ def _unwrap(obj: object, source: str) -> dict[str, torch.Tensor]:
     )
 
 
-def _sniff(path: Path) -> str:
-    """``"torch"`` (zip or legacy pickle from ``torch.save``), ``"safetensors"`` or ``"?"``."""
-    with path.open("rb") as f:
-        head = f.read(9)
-    if head[:4] == b"PK\x03\x04" or head[:1] == b"\x80":
-        return "torch"
-    if len(head) == 9 and head[8:9] == b"{":  # 8-byte header length, then a JSON header
-        return "safetensors"
-    return "?"
-
-
-def _unpickling_reason(error: Exception) -> str:
-    # torch's message goes on to suggest weights_only=False; keep only what was refused.
-    text = str(error)
-    marker = "WeightsUnpickler error:"
-    if marker not in text:
-        return text.strip().splitlines()[0] if text.strip() else type(error).__name__
-    rest = [ln.strip() for ln in text.split(marker, 1)[1].splitlines() if ln.strip()]
-    return rest[0].split(". Please use")[0] if rest else "unsupported content"
-
-
-def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file {str(path)!r} does not exist")
-    kind = _sniff(path)
-    if kind == "?" and path.suffix != ".safetensors":
-        raise ValueError(
-            f"{str(path)!r} is neither a torch checkpoint nor a .safetensors file (it starts "
-            "with neither a zip/pickle header nor a safetensors JSON header)"
-        )
-    if kind == "safetensors" or (kind == "?" and path.suffix == ".safetensors"):
-        import safetensors.torch
-
-        try:
-            return safetensors.torch.load_file(str(path), device="cpu")
-        except Exception as e:  # safetensors raises its own error type for a corrupt header
-            raise ValueError(f"{str(path)!r} is not a readable safetensors file: {e}") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{str(path)!r} holds more than tensors, and skipkit loads checkpoints with "
-            f"weights_only=True so that no pickled code runs ({_unpickling_reason(e)}). "
-            "Re-save the weights alone: torch.save(model.state_dict(), path) or "
-            "safetensors.torch.save_file(model.state_dict(), path)"
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{str(path)!r} is not a readable torch checkpoint: {e}") from e
-    return _unwrap(obj, repr(str(path)))
-
-
 def _load_url(url: str, *, progress: bool) -> dict[str, torch.Tensor]:
     name = Path(urllib.parse.urlparse(url).path).name
     if name.endswith(".safetensors"):
@@ -172,7 +98,7 @@ def _load_url(url: str, *, progress: bool) -> dict[str, torch.Tensor]:
         if not target.is_file():
             log.info("downloading %s to %s", url, target)
             torch.hub.download_url_to_file(url, str(target), progress=progress)
-        return _load_file(target)
+        return read_file(target)
     obj = torch.hub.load_state_dict_from_url(
         url, map_location="cpu", progress=progress, weights_only=True
     )
@@ -188,7 +114,8 @@ def read_state_dict(weights: WeightsSpec, *, progress: bool = False) -> dict[str
 
     Raises:
         FileNotFoundError: the path does not exist.
-        ValueError: the file cannot be read safely or holds no tensors.
+        CheckpointError: (a ``ValueError``) the file is not a regular file, is damaged, or
+            holds more than tensors (read by :func:`skipkit._io.read_state_dict`).
         TypeError: ``weights`` is of another type.
     """
     if isinstance(weights, Mapping):
@@ -197,7 +124,7 @@ def read_state_dict(weights: WeightsSpec, *, progress: bool = False) -> dict[str
         spec = os.fspath(weights)
         if _is_url(spec):
             return _load_url(spec, progress=progress)
-        return _load_file(Path(spec).expanduser())
+        return read_file(spec)
     raise TypeError(
         f"weights must be a path, an http(s) URL or a state_dict mapping, "
         f"got {type(weights).__name__}"
@@ -229,12 +156,7 @@ def load_weights(
     Raises:
         ValueError: missing, unexpected or wrongly shaped keys, each listed with the fix.
     """
-    if isinstance(weights, str | os.PathLike) and not _is_url(os.fspath(weights)):
-        from skipkit._io import read_state_dict as read_file  # regular files only, safe
-
-        state = read_file(weights)
-    else:
-        state = read_state_dict(weights, progress=progress)
+    state = read_state_dict(weights, progress=progress)
     own = model.state_dict()
     prefixes = tuple(reinit)
     if prefixes:
@@ -279,7 +201,6 @@ __all__ = [
     "BATCHNORM",
     "CONV",
     "GLOBAL_AVGPOOL",
-    "Plain",
     "WeightsSpec",
     "check_dims",
     "he_init",

@@ -23,9 +23,8 @@ import torch
 from torch import nn
 
 from skipkit.merges import Merge
-from skipkit.models._blocks import Plain
 from skipkit.models._registry import register_model
-from skipkit.skips import ACTIVATIONS, Highway, Residual
+from skipkit.skips import ACTIVATIONS, Highway, Residual, plain_residual
 
 ActivationSpec = str | Callable[[], nn.Module]
 NormSpec = str | Callable[[int], nn.Module] | None
@@ -78,7 +77,7 @@ class MLP(nn.Module):
 
     Build it with :func:`plain_mlp`, :func:`residual_mlp` or :func:`highway_mlp`.
     Submodules: ``stem`` (``Linear(in, width)`` + activation), ``blocks`` (``depth`` blocks:
-    :class:`~skipkit.models._blocks.Plain`, :class:`~skipkit.Residual` or
+    :func:`~skipkit.skips.plain_residual`, :class:`~skipkit.Residual` or
     :class:`~skipkit.Highway` around ``Linear ─ [norm] ─ act ─ [dropout]``), ``head``
     (``Linear(width, out)``).
     """
@@ -120,8 +119,8 @@ class MLP(nn.Module):
                 blocks.append(Residual(body, merge=merge, in_shape=(2, width), layout="NF"))
             elif kind == "highway":
                 blocks.append(Highway(body, gate_bias=bias, in_shape=(2, width), layout="NF"))
-            else:
-                blocks.append(Plain(body))
+            else:  # the gates of a highway go with its skip: Add's plain twin, like Gate's
+                blocks.append(plain_residual(body, merge=merge, in_shape=(2, width), layout="NF"))
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(width, out_features)
 
@@ -205,8 +204,8 @@ def highway_mlp(
 
     ``(N, in_features) -> (N, out_features)``. ``gate_bias`` (the transform gate's initial
     bias) defaults to :func:`highway_gate_bias` of ``depth``. ``skip=False`` builds
-    :func:`plain_mlp` (no carry path and no gates: the plain net of the paper; under
-    :func:`skipkit.skips_disabled` a highway net keeps its gates and computes ``T·H(h)``).
+    :func:`plain_mlp` (no carry path and no gates: the plain net of the paper), the same
+    function a highway net computes under :func:`skipkit.skips_disabled`.
     """
     return MLP(
         in_features=in_features,

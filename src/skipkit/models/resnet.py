@@ -34,32 +34,15 @@ import torch
 from torch import nn
 from typing_extensions import Unpack
 
+from skipkit.merges import Add
 from skipkit.models._blocks import WeightsSpec, he_init, load_weights
 from skipkit.models._registry import register_model
-from skipkit.shortcuts import ZeroPad
+from skipkit.shortcuts import ZeroPad, parse_shortcut_kind
 from skipkit.skips import DropPath, SkipModule
 
 NormLayer = Callable[[int], nn.Module]
 
-_SHORTCUTS = {
-    "b": "B",
-    "project": "B",
-    "avgdown": "avgdown",
-    "d": "avgdown",
-    "a": "A",
-    "pad": "A",
-}
-
-
-def _shortcut_option(shortcut: str) -> str:
-    key = shortcut.lower() if isinstance(shortcut, str) else shortcut
-    if key not in _SHORTCUTS:
-        raise ValueError(
-            f"ResNet shortcut={shortcut!r} is not an option; use 'B' (1x1 conv + BN projection, "
-            "torchvision's default, alias 'project'), 'avgdown' (ResNet-D: average pool, then "
-            "1x1 conv + BN, alias 'D') or 'A' (subsample + zero channels, alias 'pad')"
-        )
-    return _SHORTCUTS[key]
+_OPTIONS = ("project", "avgdown", "pad")
 
 
 def _conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
@@ -75,11 +58,11 @@ def make_downsample(
 ) -> nn.Module:
     """The shortcut of a block that changes the shape: ``(N, C_in, H, W) -> (N, C_out, H/s, W/s)``.
 
-    ``"B"``: ``Sequential(conv1×1/s, norm)`` (keys ``0, 1`` as torchvision); ``"avgdown"``:
+    ``"project"``: ``Sequential(conv1×1/s, norm)`` (keys ``0, 1`` as torchvision); ``"avgdown"``:
     ``Sequential(AvgPool2d(s) or Identity, conv1×1, norm)`` (keys ``1, 2`` as timm's ResNet-D);
-    ``"A"``: :class:`~skipkit.shortcuts.ZeroPad`.
+    ``"pad"``: :class:`~skipkit.shortcuts.ZeroPad`.
     """
-    if option == "A":
+    if option == "pad":
         return ZeroPad(in_channels, out_channels, stride=(stride, stride))
     if option == "avgdown":
         pool: nn.Module = (
@@ -119,23 +102,41 @@ class _BottleneckLayers(nn.Module):
         self.stride = stride
 
 
-def _describe(block: BasicBlock | Bottleneck) -> dict[str, Any]:
-    ds = block.downsample
-    return {
-        "kind": type(block).__name__,
-        "tap": "input",
-        "shortcut": "identity" if ds is None else type(ds).__name__,
-        "merge": "Add",
-        "parameters": 0 if ds is None else sum(p.numel() for p in ds.parameters()),
-        "enabled": block.skip_enabled,
-    }
+class _TorchvisionSkip(SkipModule):
+    """The skip parts of a torchvision-keyed block: ``relu(branch(x) + shortcut(x))``.
+
+    ``shortcut`` is a view of ``downsample`` (torchvision's key), or an ``nn.Identity``
+    when ``downsample`` is ``None``; the identity has no state, so the keys stay
+    torchvision's. The branch's last op is a norm, whose backward does not need its output,
+    so the sum can reuse the branch's memory as torchvision's ``out += identity`` does.
+    """
+
+    downsample: nn.Module | None
+    relu: nn.ReLU
+
+    def _init_skip(self, downsample: nn.Module | None, drop_path: float, skip: bool) -> None:
+        self.downsample = downsample
+        self.identity = nn.Identity()
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
+        self.merge = Add(inplace=True)
+        self.post = self.relu
+        self.skip_enabled = skip
+
+    @property
+    def shortcut(self) -> nn.Module:
+        return self.downsample if self.downsample is not None else self.identity
+
+    @shortcut.setter
+    def shortcut(self, module: nn.Module) -> None:
+        self.downsample = None if isinstance(module, nn.Identity) else module
 
 
-class BasicBlock(_BasicLayers, SkipModule):
+class BasicBlock(_BasicLayers, _TorchvisionSkip):
     """ResNet-18/34 block: ``relu(bn2(conv2(relu(bn1(conv1(x))))) + downsample(x))``.
 
     ``(N, inplanes, H, W) -> (N, planes, H/stride, W/stride)``. ``downsample`` is ``None``
-    for the identity. With ``skip_enabled = False`` it computes :class:`PlainBasicBlock`.
+    for the identity. ``skip=False`` builds the plain twin: the skip off for good and no
+    ``downsample`` (same keys otherwise).
     """
 
     def __init__(
@@ -147,29 +148,23 @@ class BasicBlock(_BasicLayers, SkipModule):
         *,
         norm_layer: NormLayer = nn.BatchNorm2d,
         drop_path: float = 0.0,
+        skip: bool = True,
     ) -> None:
         super().__init__(inplanes, planes, stride, norm_layer)
-        self.downsample = downsample
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
+        self._init_skip(downsample, drop_path, skip)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branch(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``(N, inplanes, H, W) -> (N, planes, H/stride, W/stride)``."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        if self.skip_enabled:
-            out += x if self.downsample is None else self.downsample(x)  # (N, C', H', W')
-        return self.relu(out)
-
-    def describe(self) -> dict[str, Any]:
-        return _describe(self)
+        return out if self.drop_path is None else self.drop_path(out)
 
 
-class Bottleneck(_BottleneckLayers, SkipModule):
+class Bottleneck(_BottleneckLayers, _TorchvisionSkip):
     """ResNet-50/101/152 block: 1×1 (reduce) ─ 3×3 (stride) ─ 1×1 (expand ×4), plus the skip.
 
-    ``(N, inplanes, H, W) -> (N, 4*planes, H/stride, W/stride)``. With
-    ``skip_enabled = False`` it computes :class:`PlainBottleneck`.
+    ``(N, inplanes, H, W) -> (N, 4*planes, H/stride, W/stride)``. ``skip=False`` as for
+    :class:`BasicBlock`.
     """
 
     def __init__(
@@ -181,50 +176,17 @@ class Bottleneck(_BottleneckLayers, SkipModule):
         *,
         norm_layer: NormLayer = nn.BatchNorm2d,
         drop_path: float = 0.0,
+        skip: bool = True,
     ) -> None:
         super().__init__(inplanes, planes, stride, norm_layer)
-        self.downsample = downsample
-        self.drop_path = DropPath(drop_path) if drop_path > 0 else None
+        self._init_skip(downsample, drop_path, skip)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def branch(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """``(N, inplanes, H, W) -> (N, 4*planes, H/stride, W/stride)``."""
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
-        if self.drop_path is not None:
-            out = self.drop_path(out)
-        if self.skip_enabled:
-            out += x if self.downsample is None else self.downsample(x)  # (N, C', H', W')
-        return self.relu(out)
-
-    def describe(self) -> dict[str, Any]:
-        return _describe(self)
-
-
-class PlainBasicBlock(_BasicLayers):
-    """The plain twin of :class:`BasicBlock` (same keys, minus ``downsample``)."""
-
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, *, norm_layer: NormLayer = nn.BatchNorm2d
-    ) -> None:
-        super().__init__(inplanes, planes, stride, norm_layer)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)))
-
-
-class PlainBottleneck(_BottleneckLayers):
-    """The plain twin of :class:`Bottleneck` (same keys, minus ``downsample``)."""
-
-    def __init__(
-        self, inplanes: int, planes: int, stride: int = 1, *, norm_layer: NormLayer = nn.BatchNorm2d
-    ) -> None:
-        super().__init__(inplanes, planes, stride, norm_layer)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
-        return self.relu(self.bn3(self.conv3(out)))
+        return out if self.drop_path is None else self.drop_path(out)
 
 
 class ResNet(nn.Module):
@@ -254,7 +216,7 @@ class ResNet(nn.Module):
         *,
         num_classes: int = 1000,
         in_channels: int = 3,
-        shortcut: str = "B",
+        shortcut: str = "project",
         stem: Literal["default", "deep"] = "default",
         skip: bool = True,
         zero_init_last: bool = False,
@@ -276,7 +238,7 @@ class ResNet(nn.Module):
             )
         if stem not in ("default", "deep"):
             raise ValueError(f"ResNet(stem={stem!r}) must be 'default' or 'deep'")
-        option = _shortcut_option(shortcut)
+        option = parse_shortcut_kind(shortcut, allowed=_OPTIONS, owner="ResNet shortcut")
         norm = norm_layer if norm_layer is not None else nn.BatchNorm2d
         self.block, self.skip, self.shortcut = block, skip, option
         if stem == "deep":
@@ -337,15 +299,13 @@ class ResNet(nn.Module):
         layers: list[nn.Module] = []
         for j, rate in enumerate(rates):
             s = stride if j == 0 else 1
-            if self.skip:
-                ds = None
-                if j == 0 and (s != 1 or inplanes != out):
-                    ds = make_downsample(inplanes, out, s, option, norm)
-                cls = Bottleneck if block == "bottleneck" else BasicBlock
-                layers.append(cls(inplanes, planes, s, ds, norm_layer=norm, drop_path=rate))
-            else:
-                plain = PlainBottleneck if block == "bottleneck" else PlainBasicBlock
-                layers.append(plain(inplanes, planes, s, norm_layer=norm))
+            ds = None
+            if self.skip and j == 0 and (s != 1 or inplanes != out):
+                ds = make_downsample(inplanes, out, s, option, norm)
+            cls = Bottleneck if block == "bottleneck" else BasicBlock
+            layers.append(
+                cls(inplanes, planes, s, ds, norm_layer=norm, drop_path=rate, skip=self.skip)
+            )
             inplanes = out
         return nn.Sequential(*layers)
 
@@ -471,8 +431,6 @@ def resnet152d(**kwargs: Unpack[ResNetOptions]) -> ResNet:
 __all__ = [
     "BasicBlock",
     "Bottleneck",
-    "PlainBasicBlock",
-    "PlainBottleneck",
     "ResNet",
     "ResNetOptions",
     "make_downsample",

@@ -18,28 +18,16 @@ MNIST-1D ``(N, 1, 40)``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from skipkit.merges import Add
 from skipkit.models._blocks import BATCHNORM, CONV, GLOBAL_AVGPOOL, check_dims, he_init
 from skipkit.models._registry import register_model
-from skipkit.shortcuts import ZeroPad
+from skipkit.shortcuts import ZeroPad, parse_shortcut_kind
 from skipkit.skips import SkipModule
 
-_SHORTCUTS = {"a": "A", "pad": "A", "b": "B", "project": "B"}
-
-
-def _shortcut_option(shortcut: str) -> str:
-    key = shortcut.lower() if isinstance(shortcut, str) else shortcut
-    if key not in _SHORTCUTS:
-        raise ValueError(
-            f"CIFAR ResNet shortcut={shortcut!r} is not an option; use 'A' (subsample + zero "
-            "channels, the paper's default, alias 'pad') or 'B' (1x1 conv + BN projection, "
-            "alias 'project')"
-        )
-    return _SHORTCUTS[key]
+_OPTIONS = ("pad", "project")
 
 
 class _CifarLayers(nn.Module):
@@ -62,20 +50,13 @@ class _CifarLayers(nn.Module):
         return self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
 
 
-class PlainCifarBlock(_CifarLayers):
-    """The plain twin of :class:`CifarBlock`: ``ReLU(branch(x))``, no shortcut."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(self.branch(x))
-
-
 class CifarBlock(_CifarLayers, SkipModule):
     """He et al. 2015 CIFAR block: ``ReLU(branch(x) + shortcut(x))``.
 
-    ``(N, C_in, *S) -> (N, C_out, *ceil(S / stride))``. ``shortcut`` is ``None`` (identity)
-    when the shape is kept, else a :class:`~skipkit.shortcuts.ZeroPad` (option A) or a
-    1×1 conv + BN (option B). With ``skip_enabled = False`` it computes
-    :class:`PlainCifarBlock` with the same weights.
+    ``(N, C_in, *S) -> (N, C_out, *ceil(S / stride))``. ``shortcut`` is ``nn.Identity`` when
+    the shape is kept, else a :class:`~skipkit.shortcuts.ZeroPad` (option A) or a
+    1×1 conv + BN (option B). ``skip=False`` builds the plain twin ``ReLU(branch(x))``: the
+    skip off for good and no shortcut weights (the same function as ``skip_enabled = False``).
     """
 
     def __init__(
@@ -85,37 +66,23 @@ class CifarBlock(_CifarLayers, SkipModule):
         stride: int = 1,
         dims: int = 2,
         *,
-        option: str = "A",
+        option: str = "pad",
+        skip: bool = True,
     ) -> None:
         super().__init__(in_channels, out_channels, stride, dims)
-        self.option = _shortcut_option(option)
-        self.shortcut: nn.Module | None = None
-        if stride != 1 or in_channels != out_channels:
-            if self.option == "A":
+        self.option = parse_shortcut_kind(option, allowed=_OPTIONS, owner="CIFAR ResNet shortcut")
+        self.shortcut: nn.Module = nn.Identity()
+        self.merge = Add()
+        self.post = self.relu
+        self.skip_enabled = skip
+        if skip and (stride != 1 or in_channels != out_channels):
+            if self.option == "pad":
                 self.shortcut = ZeroPad(in_channels, out_channels, stride=(stride,) * dims)
             else:
                 self.shortcut = nn.Sequential(
                     CONV[dims](in_channels, out_channels, 1, stride=stride, bias=False),
                     BATCHNORM[dims](out_channels),
                 )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.branch(x)
-        if self.skip_enabled:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
-        return self.relu(out)
-
-    def describe(self) -> dict[str, Any]:
-        kind = "identity" if self.shortcut is None else f"option {self.option}"
-        params = 0 if self.shortcut is None else sum(p.numel() for p in self.shortcut.parameters())
-        return {
-            "kind": type(self).__name__,
-            "tap": "input",
-            "shortcut": kind,
-            "merge": "Add",
-            "parameters": params,
-            "enabled": self.skip_enabled,
-        }
 
 
 class CifarResNet(nn.Module):
@@ -132,7 +99,7 @@ class CifarResNet(nn.Module):
         *,
         num_classes: int = 10,
         in_channels: int = 3,
-        shortcut: str = "A",
+        shortcut: str = "pad",
         skip: bool = True,
         dims: int = 2,
         zero_init_last: bool = False,
@@ -140,7 +107,7 @@ class CifarResNet(nn.Module):
     ) -> None:
         super().__init__()
         check_dims(type(self).__name__, dims)
-        option = _shortcut_option(shortcut)
+        option = parse_shortcut_kind(shortcut, allowed=_OPTIONS, owner="CIFAR ResNet shortcut")
         self.depth = 6 * blocks_per_stage + 2
         self.skip, self.shortcut, self.dims = skip, option, dims
         self.conv1 = CONV[dims](in_channels, widths[0], 3, stride=1, padding=1, bias=False)
@@ -152,12 +119,7 @@ class CifarResNet(nn.Module):
             blocks: list[nn.Module] = []
             for j in range(blocks_per_stage):
                 stride = 2 if i > 0 and j == 0 else 1
-                block: nn.Module = (
-                    CifarBlock(c_in, width, stride, dims, option=option)
-                    if skip
-                    else PlainCifarBlock(c_in, width, stride, dims)
-                )
-                blocks.append(block)
+                blocks.append(CifarBlock(c_in, width, stride, dims, option=option, skip=skip))
                 c_in = width
             stages.append(nn.Sequential(*blocks))
         self.layer1, self.layer2, self.layer3 = stages
@@ -184,7 +146,7 @@ def cifar_resnet(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -226,7 +188,7 @@ def resnet20(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -248,7 +210,7 @@ def resnet32(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -270,7 +232,7 @@ def resnet44(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -292,7 +254,7 @@ def resnet56(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -314,7 +276,7 @@ def resnet110(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -336,7 +298,7 @@ def resnet1202(
     *,
     num_classes: int = 10,
     in_channels: int = 3,
-    shortcut: str = "A",
+    shortcut: str = "pad",
     skip: bool = True,
     dims: int = 2,
     zero_init_last: bool = False,
@@ -356,7 +318,6 @@ def resnet1202(
 __all__ = [
     "CifarBlock",
     "CifarResNet",
-    "PlainCifarBlock",
     "cifar_resnet",
     "resnet20",
     "resnet32",

@@ -28,9 +28,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from skipkit.models._blocks import Plain
 from skipkit.models._registry import register_model
-from skipkit.skips import Residual
+from skipkit.skips import Residual, plain_residual
 
 Head = Literal["sequence", "last", "last_concat"]
 _CELLS: dict[str, type[nn.LSTM | nn.GRU]] = {"lstm": nn.LSTM, "gru": nn.GRU}
@@ -43,7 +42,7 @@ class ResidualRNN(nn.Module):
     ``head="sequence"`` / ``"last"`` / ``"last_concat"`` (see the module docstring).
 
     Submodules: ``layers`` (:class:`~skipkit.Residual` or, for ``skip=False``,
-    :class:`~skipkit.models._blocks.Plain` around each ``nn.LSTM``/``nn.GRU``; the recurrent
+    :func:`~skipkit.skips.plain_residual` around each ``nn.LSTM``/``nn.GRU``; the recurrent
     layer is ``layers.<i>.body``), ``last_proj`` (``"last_concat"`` only), ``fc`` (when
     ``num_classes`` is set).
     """
@@ -86,7 +85,7 @@ class ResidualRNN(nn.Module):
                 # in_shape builds it now, before any optimizer sees the parameters.
                 layers.append(Residual(body, in_shape=(1, 1, size), layout="NLC"))
             else:
-                layers.append(Plain(body))
+                layers.append(plain_residual(body, in_shape=(1, 1, size), layout="NLC"))
         self.layers = nn.ModuleList(layers)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else None
         self.last_proj = nn.Linear(hidden_size, hidden_size) if head == "last_concat" else None

@@ -41,8 +41,9 @@ decoder map is one pixel short of the encoder feature at those levels. ``align``
 
 from __future__ import annotations
 
+import dataclasses
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import torch
@@ -52,10 +53,10 @@ from torch import nn
 from skipkit.merges import Add, Concat, Merge
 from skipkit.models._blocks import BATCHNORM, CONV, WeightsSpec, check_dims, load_weights
 from skipkit.models._registry import register_model
-from skipkit.shapes import ShapeMismatchError, fmt_shape
-from skipkit.skips import SkipModule
+from skipkit.shapes import Layout, ShapeMismatchError, fmt_shape
+from skipkit.skips import SkipInfo, SkipModule
 
-__all__ = ["ALIGNS", "ConvBlock", "LongSkip", "UNet", "UpStage", "unet"]
+__all__ = ["ALIGNS", "ConvBlock", "CropSkip", "LongSkip", "UNet", "UpStage", "unet"]
 
 Align = Literal["pad", "crop", "interpolate", "error"]
 ALIGNS: tuple[str, ...] = ("pad", "crop", "interpolate", "error")
@@ -117,13 +118,52 @@ class ConvBlock(nn.Sequential):
         super().__init__(OrderedDict(layers))
 
 
+def _center_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``(N, C, *S) -> (N, C, *size)`` around the centre."""
+    index = [slice(None), slice(None)]
+    index += [slice((e - d) // 2, (e - d) // 2 + d) for e, d in zip(x.shape[2:], size, strict=True)]
+    return x[tuple(index)]
+
+
+class CropSkip(Merge):
+    """``inner(crop(s), b)``: the encoder feature centre-cropped to the decoder map's size,
+    then joined by ``inner`` (``align="crop"``, the paper's way). Shapes: ``(N, C_s, *S_enc),
+    (N, C_b, *S_dec) -> inner's output at S_dec``; without the skip: ``inner``'s plain twin."""
+
+    def __init__(self, inner: Merge) -> None:
+        super().__init__()
+        self.inner = inner
+        self.match_channels = inner.match_channels  # type: ignore[misc]
+
+    def setup(
+        self,
+        skip_shape: Sequence[int],
+        branch_shape: Sequence[int],
+        layout: Layout | None,
+        *,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        cropped = (*tuple(skip_shape)[:2], *tuple(branch_shape)[2:])
+        self.inner.setup(cropped, branch_shape, layout, device=device, dtype=dtype)
+
+    def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.inner(_center_crop(skip, tuple(branch.shape[2:])), branch)
+        return out
+
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
+        return self.inner.without_skip(branch)
+
+
 class LongSkip(SkipModule):
     """A U-Net long skip: joins a stored encoder feature to the decoder map of its level.
 
-    ``forward(skip, branch)``: ``skip`` is the encoder feature ``(N, C_s, *S_enc)``, ``branch``
-    the upsampled decoder map ``(N, C_b, *S_dec)``. ``align`` fits the two sizes (see the
-    module docstring), then ``merge`` joins them: ``concat`` gives ``(N, C_b + C_s, *S)``
-    (decoder channels first), ``add`` (needs ``C_b == C_s``) gives ``(N, C_s, *S)``. ``S`` is
+    ``forward(x, dec)``: ``x`` is the encoder feature ``(N, C_s, *S_enc)`` (the tapped
+    signal, through an identity shortcut), ``dec`` the upsampled decoder map
+    ``(N, C_b, *S_dec)``. The branch fits the decoder map to the encoder feature (``align``,
+    see the module docstring; under ``align="crop"`` the merge crops the encoder feature
+    instead), then ``merge`` joins them: ``concat`` gives ``(N, C_b + C_s, *S)`` (decoder
+    channels first), ``add`` (needs ``C_b == C_s``) gives ``(N, C_s, *S)``. ``S`` is
     ``S_enc``, or ``S_dec`` under ``align="crop"``.
 
     With ``skip_enabled = False`` (the plain twin) the encoder feature is dropped: ``concat``
@@ -151,9 +191,12 @@ class LongSkip(SkipModule):
                 f"LongSkip(merge={merge!r}): a U-Net long skip merges with 'concat' (the "
                 "paper) or 'add'"
             )
-        self.merge = merge
+        self.tap = "encoder" if level is None else f"encoder.{level}"
+        self.shortcut = nn.Identity()
+        self.merge = CropSkip(merge) if align == "crop" else merge
         self.align: Align = align
         self.level = level
+        self._set_up = False
 
     def _fail(self, message: str, skip: torch.Tensor, branch: torch.Tensor) -> ShapeMismatchError:
         return ShapeMismatchError(
@@ -164,11 +207,19 @@ class LongSkip(SkipModule):
             fixes=[f for f in _ALIGN_FIXES if not f.startswith(f"align='{self.align}'")],
         )
 
-    def fit(self, skip: torch.Tensor, branch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The encoder feature and decoder map with equal spatial sizes (see ``align``)."""
+    def branch(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """The decoder map ``args[0]``, fitted to the encoder feature ``x`` (see ``align``)."""
+        (dec,) = args
+        out = self._fit(x, dec)
+        if not self._set_up:  # the merge learns the skip's width, for the plain twin
+            self.merge.setup(tuple(x.shape), tuple(out.shape), None)
+            self._set_up = True
+        return out
+
+    def _fit(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         s_enc, s_dec = tuple(skip.shape[2:]), tuple(branch.shape[2:])
         if s_enc == s_dec:
-            return skip, branch
+            return branch
         if self.align == "pad":
             if any(d > e for e, d in zip(s_enc, s_dec, strict=True)):
                 raise self._fail(
@@ -180,7 +231,7 @@ class LongSkip(SkipModule):
             pad: list[int] = []
             for e, d in zip(reversed(s_enc), reversed(s_dec), strict=True):  # last dim first
                 pad += [(e - d) // 2, e - d - (e - d) // 2]
-            return skip, F.pad(branch, pad)
+            return F.pad(branch, pad)
         if self.align == "crop":
             if any(e < d for e, d in zip(s_enc, s_dec, strict=True)):
                 raise self._fail(
@@ -189,14 +240,10 @@ class LongSkip(SkipModule):
                     skip,
                     branch,
                 )
-            index = [slice(None), slice(None)]
-            index += [
-                slice((e - d) // 2, (e - d) // 2 + d) for e, d in zip(s_enc, s_dec, strict=True)
-            ]
-            return skip[tuple(index)], branch
+            return branch  # the merge crops the encoder feature
         if self.align == "interpolate":
             mode = _LINEAR_MODE[branch.ndim - 2]
-            return skip, F.interpolate(branch, size=s_enc, mode=mode, align_corners=False)
+            return F.interpolate(branch, size=s_enc, mode=mode, align_corners=False)
         raise self._fail(
             f"the decoder map's size {fmt_shape(s_dec)} differs from the encoder feature's "
             f"{fmt_shape(s_enc)} (align='error')",
@@ -204,21 +251,11 @@ class LongSkip(SkipModule):
             branch,
         )
 
-    def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        skip, branch = self.fit(skip, branch)
-        if self.skip_enabled:
-            return self.merge(skip, branch)
-        return self.merge.without_skip(skip, branch)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "LongSkip",
-            "tap": "encoder" if self.level is None else f"encoder.{self.level}",
-            "shortcut": f"align={self.align}",
-            "merge": type(self.merge).__name__,
-            "parameters": 0,
-            "enabled": self.skip_enabled,
-        }
+    def describe(self) -> SkipInfo:
+        inner = self.merge.inner if isinstance(self.merge, CropSkip) else self.merge
+        return dataclasses.replace(
+            super().describe(), shortcut=f"align={self.align}", merge=type(inner).__name__
+        )
 
     def extra_repr(self) -> str:
         return f"align={self.align!r}, level={self.level}"
@@ -340,7 +377,10 @@ class UNet(nn.Module):
         self.head = CONV[dims](base_channels, out_channels, 1)
         for i, stage in enumerate(self.decoder):
             assert isinstance(stage, UpStage)
-            stage.skip.path = stage.skip.merge.path = f"decoder.{i}.skip"
+            stage.skip.path = f"decoder.{i}.skip"
+            for part in stage.skip.merge.modules():
+                if isinstance(part, Merge):
+                    part.path = stage.skip.path
             stage.skip.skip_enabled = skip
 
     def _check_size(self, x: torch.Tensor) -> None:

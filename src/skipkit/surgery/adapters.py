@@ -49,7 +49,7 @@ from skipkit.merges import (
     resolve_merge,
 )
 from skipkit.shapes import Layout, ShapeMismatchError, channel_dim, fmt_shape, resolve_layout
-from skipkit.shortcuts import SHORTCUT_KINDS, plan_shortcut
+from skipkit.shortcuts import parse_shortcut_kind, plan_shortcut
 
 Shape = tuple[int, ...]
 
@@ -143,6 +143,26 @@ class TanhGate(Merge):
         return branch + torch.tanh(self.transform(skip)) * skip
 
 
+class ProjectedConcat(Concat):
+    """Surgery's ``concat``: ``R(cat([b, s]))`` back to ``b``'s width (a 1×1 conv or Linear
+    ``R``). Without the skip: ``b``, the model the skip was added to (the core
+    :class:`~skipkit.Concat` would give ``R(cat([b, 0]))``)."""
+
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
+        return branch
+
+
+class ZeroStartWeightedSum(WeightedSum):
+    """Surgery's zero-initialised ``weighted``: ``a*s + w*b`` from ``a = 0, w = 1``. Without
+    the skip: ``b``, the model the skip was added to (not ``w*b``)."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0)
+
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
+        return branch
+
+
 class ToMap(nn.Module):
     """A vector onto a feature map: ``(N, F) -> Linear -> (N, C, 1, …) -> (N, C, *S)``.
 
@@ -170,13 +190,13 @@ def resolve_surgery_merge(spec: str | Merge, *, zero_init: bool, dst_channels: i
     if isinstance(spec, Merge):
         return copy.deepcopy(spec)
     if spec == "concat":
-        return Concat(out_channels=dst_channels)
+        return ProjectedConcat(out_channels=dst_channels)
     if isinstance(spec, str) and zero_init:
         table: dict[str, type[Merge]] = {"mul": Modulate, "gate": TanhGate}
         if spec in table:
             return table[spec]()
         if spec == "weighted":
-            return WeightedSum(0.0, 1.0)
+            return ZeroStartWeightedSum()
     if spec in ("rezero", "skipinit", "layerscale"):
         # These scale the *new* path (the skip); the gain lives on the adapter.
         return Add()
@@ -230,8 +250,7 @@ def plan_adapter(
     """
     if isinstance(kind, nn.Module):
         return copy.deepcopy(kind)
-    if kind not in SHORTCUT_KINDS:
-        raise ValueError(f"unknown shortcut {kind!r}; choose one of {SHORTCUT_KINDS} or a module")
+    kind = parse_shortcut_kind(kind, owner="shortcut (or an nn.Module)")
     custom = (
         f"pass shortcut=<an nn.Module mapping {fmt_shape(skip_shape)} to {fmt_shape(dst_shape)}>"
     )
@@ -373,26 +392,14 @@ def check_join(
             )
 
 
-def describe_adapter(module: nn.Module) -> str:
-    """A short name for the adapter: ``"Conv2d+BatchNorm2d"``, ``"Identity+ZeroGain"``."""
-    parts: list[str] = []
-    stack: list[nn.Module] = [module]
-    while stack:
-        m = stack.pop(0)
-        if isinstance(m, nn.Sequential):
-            stack = list(m) + stack
-        else:
-            parts.append(type(m).__name__)
-    return "+".join(parts) or "Identity"
-
-
 __all__ = [
     "Modulate",
+    "ProjectedConcat",
     "TanhGate",
     "ToMap",
     "ZeroGain",
+    "ZeroStartWeightedSum",
     "check_join",
-    "describe_adapter",
     "merge_label",
     "plan_adapter",
     "resolve_surgery_merge",

@@ -10,16 +10,25 @@ from torch import nn
 
 from skipkit.merges import Merge
 from skipkit.shapes import fmt_shape
-from skipkit.skips import SkipModule
-from skipkit.surgery.adapters import describe_adapter
+from skipkit.skips import SkipInfo, SkipModule, module_summary
+
+
+def _to_branch_device(module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    """src and dst on different devices (model parallel): the skip follows dst's output."""
+    if len(args) == 2 and args[0].device != args[1].device:
+        return (args[0].to(args[1].device), args[1])
+    return None
 
 
 class AddedSkip(SkipModule):
     """One added skip: ``y = merge(adapter(s), b)`` with ``s`` = src's output, ``b`` = dst's.
 
+    ``forward(s, b)`` is the protocol's: the tap is src, ``shortcut`` is a view of
+    ``adapter`` and the branch is dst's output ``b``, computed by the wrapped model.
     Shapes: ``s`` is whatever ``src`` gives (e.g. ``(N, C_s, H_s, W_s)``); ``b`` and ``y``
     have dst's shape (e.g. ``(N, C_d, H_d, W_d)``). With ``skip_enabled`` false (see
-    :func:`skipkit.skips_disabled`) the result is ``b``: the original model.
+    :func:`skipkit.skips_disabled`) the result is ``merge.without_skip(b)``, which every
+    surgery merge makes ``b``: the original model.
 
     Attributes:
         src, dst: module paths, relative to the wrapper's model (``"a.…"``/``"b.…"`` for
@@ -52,32 +61,42 @@ class AddedSkip(SkipModule):
         self.clone_src = clone_src
         self.src_shape = tuple(int(s) for s in src_shape)
         self.dst_shape = tuple(int(s) for s in dst_shape)
+        self.tap = src
         self.path = self.label
         merge.path = self.label
+        self.register_forward_pre_hook(_to_branch_device)
 
     @property
     def label(self) -> str:
         """``"src -> dst"``, for messages."""
         return f"{self.src or '<root>'} -> {self.dst or '<root>'}"
 
-    def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        """``(src output, dst output) -> dst-shaped output``."""
-        if not self.skip_enabled:
-            return branch
-        if skip.device != branch.device:  # src and dst on different devices (model parallel)
-            skip = skip.to(branch.device)
-        return self.merge(self.adapter(skip), branch)
+    @property
+    def shortcut(self) -> nn.Module:
+        return self.adapter
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "AddedSkip",
-            "tap": self.src,
-            "dst": self.dst,
-            "shortcut": describe_adapter(self.adapter),
-            "merge": self.merge_name,
-            "parameters": sum(p.numel() for p in self.parameters()),
-            "enabled": self.skip_enabled,
-        }
+    @shortcut.setter
+    def shortcut(self, module: nn.Module) -> None:
+        self.adapter = module
+
+    def branch(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """dst's output ``args[0]``, as the wrapped model computed it."""
+        (dst_out,) = args
+        assert isinstance(dst_out, torch.Tensor)
+        return dst_out
+
+    def describe(self) -> SkipInfo:
+        return SkipInfo(
+            path=self.path or "",
+            kind="AddedSkip",
+            tap=self.src,
+            dst=self.dst,
+            shortcut=module_summary(self.adapter),
+            merge=self.merge_name,
+            parameters=sum(p.numel() for p in self.parameters()),
+            enabled=self.skip_enabled,
+            added=True,
+        )
 
     def extra_repr(self) -> str:
         return (
