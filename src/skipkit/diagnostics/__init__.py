@@ -7,6 +7,8 @@ Everything here returns data (dataclasses with ``to_dict()``); pictures come fro
   balance, from one backward pass; :class:`GradientFlowRecorder` records them while training.
 - :func:`loss_landscape` / :func:`interpolate` — Li et al.'s filter-normalized loss surfaces
   and straight-line interpolation between two states (resumable, split over ``torchrun``).
+- :func:`shattering` — Balduzzi et al.'s shattered gradients: the correlation of the input
+  gradients of nearby inputs.
 - :func:`advise` / :func:`apply` — where skips belong, and adding them with
   :func:`skipkit.add_skip`.
 """
@@ -33,13 +35,16 @@ from skipkit.diagnostics.plot import (
     plot_gradient_flow,
     plot_landscape,
     plot_landscapes,
+    plot_shattering,
 )
+from skipkit.diagnostics.shatter import Shattering, shattering
 
 __all__ = [
     "GradientFlow",
     "GradientFlowRecorder",
     "Landscape",
     "LayerFlow",
+    "Shattering",
     "SkipFlow",
     "Suggestion",
     "advise",
@@ -52,5 +57,7 @@ __all__ = [
     "plot_gradient_flow",
     "plot_landscape",
     "plot_landscapes",
+    "plot_shattering",
     "random_direction",
+    "shattering",
 ]

@@ -21,12 +21,14 @@ if TYPE_CHECKING:
 
     from skipkit.diagnostics.gradflow import GradientFlow
     from skipkit.diagnostics.landscape import Landscape
+    from skipkit.diagnostics.shatter import Shattering
 
 __all__ = [
     "plot_flow_in_time",
     "plot_gradient_flow",
     "plot_landscape",
     "plot_landscapes",
+    "plot_shattering",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -312,4 +314,42 @@ def plot_landscapes(
         fig.colorbar(cs, ax=flat, label="log10 loss", shrink=0.9)
     if title:
         fig.suptitle(title)
+    return _save(fig, path, dpi)
+
+
+# ------------------------------------------------------------------- lesions and shattering
+
+
+def _palette(n: int, colors: Sequence[str] | None) -> list[str]:
+    base = ("#2166ac", "#b2182b", "#1b7837", "#762a83", "#e08214", "#4d4d4d")
+    return list(colors) if colors is not None else [base[i % len(base)] for i in range(n)]
+
+
+def plot_shattering(
+    results: Sequence[Shattering],
+    path: PathLike | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    colors: Sequence[str] | None = None,
+    title: str | None = None,
+    dpi: int = 130,
+) -> Figure:
+    """Balduzzi et al.'s gradient correlation ``r(k)`` against the distance between the two
+    inputs (a fraction of the input's norm), one line per model (dashed: plain)."""
+    if not results:
+        raise ValueError("plot_shattering needs at least one Shattering")
+    names = list(labels) if labels is not None else [r.name for r in results]
+    cols = _palette(len(results), colors)
+    fig = _figure(6.8, 4.2)
+    ax = fig.subplots()
+    for i, r in enumerate(results):
+        style = "--" if _is_plain(names[i]) else "-"
+        ax.plot(r.offsets, r.correlation, style, color=cols[i], lw=1.8, label=names[i])
+    ax.axhline(0.0, color="#8a93a2", lw=0.8)
+    ax.set_xlabel("distance between the inputs (fraction of ‖x‖)")
+    ax.set_ylabel("correlation of the input gradients")
+    ax.set_ylim(-0.2, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, frameon=False)
+    ax.set_title(title or "shattered gradients (Balduzzi et al. 2017)", fontsize=11)
     return _save(fig, path, dpi)
