@@ -25,11 +25,12 @@ from skipkit.skips import (
     DropPath,
     Highway,
     Residual,
+    SkipInfo,
     SkipModule,
     materialize,
     skips_disabled,
 )
-from skipkit.surgery import SkipInfo, add_skip, connect, list_skips, remove_skip, taps
+from skipkit.surgery import add_skip, connect, list_skips, remove_skip, taps
 
 if TYPE_CHECKING:
     from skipkit import data, diagnostics, experiments, models, train

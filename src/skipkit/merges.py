@@ -61,8 +61,10 @@ class Merge(nn.Module):
         """True once every parameter exists (always, for merges without lazy parameters)."""
         return True
 
-    def without_skip(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        """The merge's output with the skip path removed (the plain twin)."""
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
+        """The merge's output with the skip path removed (the plain twin): ``branch``, or
+        what the merge makes of it alone (a scaled branch, zeros where a skip was
+        concatenated)."""
         return branch
 
     def out_shape(self, skip_shape: Sequence[int], branch_shape: Sequence[int]) -> Shape:
@@ -121,6 +123,7 @@ class Concat(Merge):
         self.dim = dim
         self.reduce: nn.Module | None = None
         self._dim: int = 1 if dim is None else dim
+        self._skip_channels: int | None = None  # known after setup(), for without_skip
 
     @property
     def ready(self) -> bool:
@@ -143,6 +146,7 @@ class Concat(Merge):
         s, b = tuple(skip_shape), tuple(branch_shape)
         self._dim = d = self._cat_dim(len(b), layout)
         self._check_cat(s, b)
+        self._skip_channels = s[d]
         if self.out_channels is not None and self.reduce is None:
             lay = resolve_layout(layout, len(b))
             if self.dim is not None and self._dim not in (1, len(b) - 1):
@@ -182,8 +186,13 @@ class Concat(Merge):
         y = torch.cat([branch, skip], dim=d)
         return self.reduce(y) if self.reduce is not None else y
 
-    def without_skip(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return self.forward(torch.zeros_like(skip), branch)
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
+        """``cat([b, 0])``: zeros in the skip's channels keep the output's width."""
+        if self._skip_channels is None:
+            raise RuntimeError("Concat.without_skip needs the skip's width: call setup() first")
+        shape = list(branch.shape)
+        shape[self._dim % branch.ndim] = self._skip_channels
+        return self.forward(branch.new_zeros(shape), branch)
 
     def extra_repr(self) -> str:
         return f"out_channels={self.out_channels}, dim={self._dim}"
@@ -218,6 +227,9 @@ class Gate(Merge):
     ``T(s) = sigmoid(W_T s + b_T)`` with a 1×1 conv (channels first) or ``nn.Linear``; the bias
     starts at ``bias`` (negative: the block starts by carrying its input; -1, -2, -3 suit
     depths of about 10, 20, 30). Shapes: ``(N, *S), (N, *S) -> (N, *S)``.
+
+    Without the skip (the plain twin) the gate goes with it: ``y = b``, the plain network
+    Srivastava et al. compare highways against.
     """
 
     def __init__(self, bias: float = -2.0) -> None:
@@ -254,9 +266,6 @@ class Gate(Merge):
             self._check(tuple(skip.shape), tuple(branch.shape))
         t = self.gate(skip)
         return t * branch + (1.0 - t) * skip
-
-    def without_skip(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        return self.gate(skip) * branch
 
     def extra_repr(self) -> str:
         return f"bias={self.bias}"
@@ -313,7 +322,7 @@ class Scale(Merge):
             self._check(tuple(skip.shape), tuple(branch.shape))
         return skip + self._factor() * branch
 
-    def without_skip(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
         return self._factor() * branch
 
     def extra_repr(self) -> str:
@@ -335,7 +344,7 @@ class WeightedSum(Merge):
             self._check(tuple(skip.shape), tuple(branch.shape))
         return self.weights[0] * skip + self.weights[1] * branch
 
-    def without_skip(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
         return self.weights[1] * branch
 
 

@@ -14,6 +14,7 @@ shortcut is planned from the input shape and the body's output shape, at constru
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -61,23 +62,170 @@ def resolve_activation(spec: str | nn.Module | None) -> nn.Module | None:
     )
 
 
-class SkipModule(nn.Module):
-    """Base of every module that owns a skip path (used by :func:`skips_disabled` and
-    :func:`skipkit.list_skips`).
+@dataclasses.dataclass(frozen=True)
+class SkipInfo:
+    """One skip of a model, as :meth:`SkipModule.describe` and :func:`skipkit.list_skips`
+    report it.
 
     Attributes:
-        skip_enabled: when ``False`` the module computes its plain twin (same weights, the
-            skip path removed).
-        path: the module's dotted path in its model, for error messages (set by
-            :func:`materialize`).
+        path: the skip module's path in the model (``"layer1.0"``, ``"skips.0"``).
+        kind: its class (``"Residual"``, ``"DenseBlock"``, ``"AddedSkip"``, a model block).
+        tap: where the skipped signal comes from: ``"input"`` for a block's own input, or
+            the ``src`` path of an added skip.
+        dst: where it joins: the block's own output (its path) or the added skip's ``dst``.
+        shortcut: what makes it fit (``"Identity"``, ``"Conv2d+BatchNorm2d"``, …).
+        merge: how it joins (``"Add"``, ``"Concat"``, ``"rezero"``, …).
+        parameters: parameters of the shortcut and merge (not the body's).
+        enabled: ``False`` inside :func:`skipkit.skips_disabled`.
+        added: whether :func:`skipkit.add_skip` / :func:`skipkit.connect` added it (only
+            those can be removed with :func:`skipkit.remove_skip`).
     """
 
+    path: str
+    kind: str
+    tap: str
+    dst: str
+    shortcut: str
+    merge: str
+    parameters: int
+    enabled: bool
+    added: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain ``dict`` (JSON-ready)."""
+        return dataclasses.asdict(self)
+
+
+class PendingShortcut(nn.Module):
+    """Stands in for a shortcut that is planned from the shapes at the first forward.
+
+    It has no parameters; :class:`Residual` replaces it with the planned module (so
+    ``block.shortcut`` is always a module, never ``None``). Calling it is a bug in the
+    caller: the owner plans its shortcut before using it.
+
+    Attributes:
+        kind: the requested kind (``"auto"``, ``"project"``, …; see :mod:`skipkit.shortcuts`).
+    """
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError(
+            f"shortcut {self.kind!r} has not been planned yet; its skip plans it at its first "
+            "forward (or call skipkit.materialize(model, example_input))"
+        )
+
+    def extra_repr(self) -> str:
+        return f"kind={self.kind!r}"
+
+
+def module_summary(module: nn.Module) -> str:
+    """``Sequential(Conv2d, BatchNorm2d)`` -> ``"Conv2d+BatchNorm2d"``; others: the class name
+    (a pending shortcut: its requested kind)."""
+    if isinstance(module, PendingShortcut):
+        return module.kind
+    parts: list[str] = []
+    stack: list[nn.Module] = [module]
+    while stack:
+        m = stack.pop(0)
+        if isinstance(m, nn.Sequential):
+            stack = list(m) + stack
+        else:
+            parts.append(type(m).__name__)
+    return "+".join(parts) or "Identity"
+
+
+def _own_parameter_count(*modules: nn.Module | None) -> int:
+    return sum(
+        p.numel()
+        for m in modules
+        if m is not None
+        for p in m.parameters()
+        if not isinstance(p, nn.parameter.UninitializedParameter)
+    )
+
+
+class SkipModule(nn.Module):
+    """The protocol every skip implements: four parts and one ``forward``.
+
+    ::
+
+              ┌──────────── shortcut ─────────────┐
+        x ──tap┤                                   merge ── post ──> y
+              └──────────── branch ───────────────┘
+
+    ``forward(x, *args, **kwargs)`` is written once, here::
+
+        b = branch(x, *args, **kwargs)
+        y = merge(shortcut(x), b) if skip_enabled else merge.without_skip(b)
+        return y if post is None else post(y)
+
+    so the plain twin (``skip_enabled = False``, see :func:`skips_disabled`), the diagnostics
+    and :func:`skipkit.list_skips` are written against these parts, never against a subclass.
+
+    RNN convention: when ``branch`` returns a tuple ``(output, state, ...)`` the skip joins
+    ``output`` and ``forward`` returns ``(y, state, ...)``; a tuple input uses its first item
+    (the output of a residual RNN layer below), so such layers stack in ``nn.Sequential``.
+
+    Attributes:
+        tap: where the skipped signal comes from: ``"input"`` (the block's own input) or a
+            module path.
+        shortcut: what makes the skip fit (``nn.Identity`` when nothing is needed).
+        merge: how it joins (a :class:`~skipkit.merges.Merge`).
+        post: what follows the join, or ``None``.
+        skip_enabled: when ``False`` the module computes its plain twin (same weights, the
+            skip path removed): ``post(merge.without_skip(branch(x)))``.
+        path: the module's dotted path in its model, for messages (set by
+            :func:`materialize`).
+
+    Subclasses implement :meth:`branch` and set the parts in ``__init__``.
+    """
+
+    tap: str = "input"
+    shortcut: nn.Module
+    merge: Merge
+    post: nn.Module | None
     skip_enabled: bool = True
     path: str | None = None
 
-    def describe(self) -> dict[str, Any]:
-        """A summary for :func:`skipkit.list_skips`: tap, shortcut, merge, parameters."""
-        return {"kind": type(self).__name__}
+    def __init__(self) -> None:
+        super().__init__()
+        # an instance attribute, not a class default: a class-level ``post = None`` would
+        # hide a post module that nn.Module keeps in ``_modules``
+        self.post = None
+
+    def branch(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """The main path: ``x`` (and any extra arguments) -> the branch output."""
+        raise NotImplementedError(f"{type(self).__name__} must implement branch(x, ...)")
+
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(x, tuple):  # (output, state) from a residual RNN layer below
+            x = x[0]
+        b = self.branch(x, *args, **kwargs)
+        rest: tuple[Any, ...] = ()
+        if isinstance(b, tuple):  # RNN bodies: (output, state); the skip joins the output
+            b, rest = b[0], tuple(b[1:])
+        y = self.merge(self.shortcut(x), b) if self.skip_enabled else self.merge.without_skip(b)
+        if self.post is not None:
+            y = self.post(y)
+        return (y, *rest) if rest else y
+
+    def describe(self) -> SkipInfo:
+        """This skip's parts, typed (its ``path`` is :attr:`path`, or ``""`` if unset)."""
+        where = self.path or ""
+        return SkipInfo(
+            path=where,
+            kind=type(self).__name__,
+            tap=self.tap,
+            dst=where,
+            shortcut=module_summary(self.shortcut),
+            merge=type(self.merge).__name__,
+            parameters=_own_parameter_count(self.shortcut, self.merge),
+            enabled=self.skip_enabled,
+            added=False,
+        )
 
     @property
     def ready(self) -> bool:
@@ -168,7 +316,10 @@ class Residual(SkipModule):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.layout: Layout | None = normalize_layout(layout) or infer_layout(body)
         self.shortcut_kind = "module" if isinstance(shortcut, nn.Module) else str(shortcut)
-        self.shortcut: nn.Module | None = shortcut if isinstance(shortcut, nn.Module) else None
+        # A shortcut given by name is planned from the shapes; until then a placeholder.
+        self.shortcut: nn.Module = (
+            shortcut if isinstance(shortcut, nn.Module) else PendingShortcut(str(shortcut))
+        )
         self._built = False
         if in_shape is not None:
             self._plan_from_in_shape(tuple(int(s) for s in in_shape))
@@ -215,7 +366,7 @@ class Residual(SkipModule):
     ) -> None:
         where = self._where()
         self.merge.path = where
-        if self.shortcut is None:
+        if isinstance(self.shortcut, PendingShortcut):
             shortcut = plan_shortcut(
                 in_shape,
                 out_shape,
@@ -244,7 +395,6 @@ class Residual(SkipModule):
     def _custom_shortcut_shape(
         self, in_shape: tuple[int, ...], out_shape: tuple[int, ...]
     ) -> tuple[int, ...]:
-        assert self.shortcut is not None
         try:
             skip = meta_forward(self.shortcut, torch.empty(in_shape, device="meta"))
         except NotImplementedError:
@@ -259,47 +409,20 @@ class Residual(SkipModule):
         assert isinstance(skip, torch.Tensor)
         return tuple(skip.shape)
 
-    def forward(self, x: torch.Tensor | tuple[Any, ...]) -> Any:
-        if isinstance(x, tuple):  # (output, state) from a residual RNN layer below
-            x = x[0]
-        assert isinstance(x, torch.Tensor)
-        out = self.body(x)
-        state = None
-        if isinstance(out, tuple):  # RNN bodies: (output, state)
-            out, state = out[0], out[1]
+    def branch(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        """``drop_path(body(x, *args, **kwargs))``; the shortcut sees ``x`` only. Plans the
+        shortcut and merge from the shapes on the first call."""
+        out = self.body(x, *args, **kwargs)
+        y = out[0] if isinstance(out, tuple) else out  # RNN bodies: (output, state)
         if not self._built:
             self._build(
                 tuple(x.shape),
-                tuple(out.shape),
-                device=out.device,
-                dtype=out.dtype if out.is_floating_point() else None,
+                tuple(y.shape),
+                device=y.device,
+                dtype=y.dtype if y.is_floating_point() else None,
             )
-        assert self.shortcut is not None
-        skip = self.shortcut(x)
-        branch = self.drop_path(out)
-        if self.skip_enabled:
-            y = self.merge(skip, branch)
-        else:
-            y = self.merge.without_skip(skip, branch)
-        if self.post is not None:
-            y = self.post(y)
-        return y if state is None else (y, state)
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": type(self).__name__,
-            "tap": "input",
-            "shortcut": _module_summary(self.shortcut) if self.ready else self.shortcut_kind,
-            "merge": type(self.merge).__name__,
-            "parameters": sum(
-                p.numel()
-                for m in (self.shortcut, self.merge)
-                if m is not None
-                for p in m.parameters()
-                if not isinstance(p, nn.parameter.UninitializedParameter)
-            ),
-            "enabled": self.skip_enabled,
-        }
+        y = self.drop_path(y)
+        return (y, *out[1:]) if isinstance(out, tuple) else y
 
     def _load_from_state_dict(
         self,
@@ -325,13 +448,6 @@ class Residual(SkipModule):
 
     def extra_repr(self) -> str:
         return f"layout={self.layout}, shortcut={self.shortcut_kind!r}, built={self._built}"
-
-
-def _module_summary(module: nn.Module | None) -> str:
-    """``Sequential(Conv2d, BatchNorm2d)`` -> ``"Conv2d+BatchNorm2d"``; others: the class name."""
-    if isinstance(module, nn.Sequential):
-        return "+".join(type(m).__name__ for m in module)
-    return type(module).__name__
 
 
 def _planned_shape(
@@ -558,15 +674,19 @@ class DenseBlock(SkipModule):
             features = [torch.zeros_like(f) for f in features[:-1]] + [features[-1]]
         return torch.cat(features, self._dim)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "DenseBlock",
-            "tap": "every earlier layer",
-            "shortcut": "identity",
-            "merge": "Concat",
-            "parameters": 0,
-            "enabled": self.skip_enabled,
-        }
+    def describe(self) -> SkipInfo:
+        where = self.path or ""
+        return SkipInfo(
+            path=where,
+            kind="DenseBlock",
+            tap="every earlier layer",
+            dst=where,
+            shortcut="Identity",
+            merge="Concat",
+            parameters=0,
+            enabled=self.skip_enabled,
+            added=False,
+        )
 
     def extra_repr(self) -> str:
         return (

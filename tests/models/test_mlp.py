@@ -84,7 +84,7 @@ def test_skip_false_is_the_plain_twin_of_residual(norm: str | None) -> None:
         assert torch.equal(residual(x), plain(x))
 
 
-def test_highway_twin_drops_the_gates_and_skips_disabled_keeps_them() -> None:
+def test_highway_twin_drops_the_gates_as_skips_disabled_does() -> None:
     highway = create("highway_mlp", depth=3, **SIZES)
     plain = create("highway_mlp", depth=3, skip=False, **SIZES)
     result = plain.load_state_dict(highway.state_dict(), strict=False)
@@ -96,7 +96,8 @@ def test_highway_twin_drops_the_gates_and_skips_disabled_keeps_them() -> None:
     h = highway.stem(x)
     with torch.no_grad(), sk.skips_disabled(highway):
         block = highway.blocks[0]
-        assert torch.equal(block(h), block.merge.gate(h) * block.body(h))  # T·H, no carry
+        assert torch.equal(block(h), block.body(h))  # H alone: no carry, no gate
+        assert torch.equal(highway(x), plain(x))
 
 
 def test_rezero_merge_starts_as_the_shallow_net() -> None:

@@ -279,6 +279,6 @@ def test_bad_options_raise() -> None:
 def test_describe_lists_the_shortcut() -> None:
     model = create("resnet18")
     info = model.layer2[0].describe()
-    assert info["shortcut"] == "Sequential" and info["merge"] == "Add"
-    assert info["parameters"] == 64 * 128 + 2 * 128
-    assert model.layer2[1].describe()["shortcut"] == "identity"
+    assert info.shortcut == "Sequential" and info.merge == "Add"
+    assert info.parameters == 64 * 128 + 2 * 128
+    assert model.layer2[1].describe().shortcut == "identity"

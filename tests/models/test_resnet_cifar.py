@@ -68,13 +68,14 @@ def test_shortcut_modules_per_option() -> None:
     a = create("resnet20")
     b = create("resnet20", shortcut="project")
     assert isinstance(a.layer2[0].shortcut, sk.ZeroPad)
-    assert a.layer1[0].shortcut is None and a.layer2[1].shortcut is None
+    assert isinstance(a.layer1[0].shortcut, nn.Identity)
+    assert isinstance(a.layer2[1].shortcut, nn.Identity)
     proj = b.layer3[0].shortcut
     assert isinstance(proj, nn.Sequential)
     assert isinstance(proj[0], nn.Conv2d) and proj[0].kernel_size == (1, 1)
     assert proj[0].stride == (2, 2) and isinstance(proj[1], nn.BatchNorm2d)
-    assert b.layer3[0].describe()["shortcut"] == "option B"
-    assert a.layer3[0].describe()["parameters"] == 0
+    assert b.layer3[0].describe().shortcut == "option B"
+    assert a.layer3[0].describe().parameters == 0
 
 
 @pytest.mark.parametrize("shortcut", ["A", "B"])

@@ -194,14 +194,17 @@ def test_norm_choices_and_skip_description() -> None:
     bare = unet(1, 2, norm=None, **TINY)
     assert not hasattr(bare.encoder[0], "norm1") and bare.encoder[0].conv1.bias is not None
     info = bare.decoder[2].skip.describe()
-    assert info == {
-        "kind": "LongSkip",
-        "tap": "encoder.2",
-        "shortcut": "align=pad",
-        "merge": "Concat",
-        "parameters": 0,
-        "enabled": True,
-    }
+    assert info == sk.SkipInfo(
+        path="decoder.2.skip",
+        kind="LongSkip",
+        tap="encoder.2",
+        dst="decoder.2.skip",
+        shortcut="align=pad",
+        merge="Concat",
+        parameters=0,
+        enabled=True,
+        added=False,
+    )
 
 
 def test_registry_and_weights_roundtrip(tmp_path: Any) -> None:

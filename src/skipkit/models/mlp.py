@@ -205,8 +205,8 @@ def highway_mlp(
 
     ``(N, in_features) -> (N, out_features)``. ``gate_bias`` (the transform gate's initial
     bias) defaults to :func:`highway_gate_bias` of ``depth``. ``skip=False`` builds
-    :func:`plain_mlp` (no carry path and no gates: the plain net of the paper; under
-    :func:`skipkit.skips_disabled` a highway net keeps its gates and computes ``T·H(h)``).
+    :func:`plain_mlp` (no carry path and no gates: the plain net of the paper), the same
+    function a highway net computes under :func:`skipkit.skips_disabled`.
     """
     return MLP(
         in_features=in_features,

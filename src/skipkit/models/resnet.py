@@ -37,7 +37,7 @@ from typing_extensions import Unpack
 from skipkit.models._blocks import WeightsSpec, he_init, load_weights
 from skipkit.models._registry import register_model
 from skipkit.shortcuts import ZeroPad
-from skipkit.skips import DropPath, SkipModule
+from skipkit.skips import DropPath, SkipInfo, SkipModule
 
 NormLayer = Callable[[int], nn.Module]
 
@@ -119,16 +119,20 @@ class _BottleneckLayers(nn.Module):
         self.stride = stride
 
 
-def _describe(block: BasicBlock | Bottleneck) -> dict[str, Any]:
+def _describe(block: BasicBlock | Bottleneck) -> SkipInfo:
     ds = block.downsample
-    return {
-        "kind": type(block).__name__,
-        "tap": "input",
-        "shortcut": "identity" if ds is None else type(ds).__name__,
-        "merge": "Add",
-        "parameters": 0 if ds is None else sum(p.numel() for p in ds.parameters()),
-        "enabled": block.skip_enabled,
-    }
+    where = block.path or ""
+    return SkipInfo(
+        path=where,
+        kind=type(block).__name__,
+        tap="input",
+        dst=where,
+        shortcut="identity" if ds is None else type(ds).__name__,
+        merge="Add",
+        parameters=0 if ds is None else sum(p.numel() for p in ds.parameters()),
+        enabled=block.skip_enabled,
+        added=False,
+    )
 
 
 class BasicBlock(_BasicLayers, SkipModule):
@@ -161,7 +165,7 @@ class BasicBlock(_BasicLayers, SkipModule):
             out += x if self.downsample is None else self.downsample(x)  # (N, C', H', W')
         return self.relu(out)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> SkipInfo:
         return _describe(self)
 
 
@@ -196,7 +200,7 @@ class Bottleneck(_BottleneckLayers, SkipModule):
             out += x if self.downsample is None else self.downsample(x)  # (N, C', H', W')
         return self.relu(out)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> SkipInfo:
         return _describe(self)
 
 

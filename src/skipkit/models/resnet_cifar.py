@@ -18,15 +18,14 @@ MNIST-1D ``(N, 1, 40)``.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
+from skipkit.merges import Add
 from skipkit.models._blocks import BATCHNORM, CONV, GLOBAL_AVGPOOL, check_dims, he_init
 from skipkit.models._registry import register_model
 from skipkit.shortcuts import ZeroPad
-from skipkit.skips import SkipModule
+from skipkit.skips import SkipInfo, SkipModule
 
 _SHORTCUTS = {"a": "A", "pad": "A", "b": "B", "project": "B"}
 
@@ -72,8 +71,8 @@ class PlainCifarBlock(_CifarLayers):
 class CifarBlock(_CifarLayers, SkipModule):
     """He et al. 2015 CIFAR block: ``ReLU(branch(x) + shortcut(x))``.
 
-    ``(N, C_in, *S) -> (N, C_out, *ceil(S / stride))``. ``shortcut`` is ``None`` (identity)
-    when the shape is kept, else a :class:`~skipkit.shortcuts.ZeroPad` (option A) or a
+    ``(N, C_in, *S) -> (N, C_out, *ceil(S / stride))``. ``shortcut`` is ``nn.Identity`` when
+    the shape is kept, else a :class:`~skipkit.shortcuts.ZeroPad` (option A) or a
     1×1 conv + BN (option B). With ``skip_enabled = False`` it computes
     :class:`PlainCifarBlock` with the same weights.
     """
@@ -89,7 +88,9 @@ class CifarBlock(_CifarLayers, SkipModule):
     ) -> None:
         super().__init__(in_channels, out_channels, stride, dims)
         self.option = _shortcut_option(option)
-        self.shortcut: nn.Module | None = None
+        self.shortcut: nn.Module = nn.Identity()
+        self.merge = Add()
+        self.post = self.relu
         if stride != 1 or in_channels != out_channels:
             if self.option == "A":
                 self.shortcut = ZeroPad(in_channels, out_channels, stride=(stride,) * dims)
@@ -99,23 +100,22 @@ class CifarBlock(_CifarLayers, SkipModule):
                     BATCHNORM[dims](out_channels),
                 )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.branch(x)
-        if self.skip_enabled:
-            out = out + (x if self.shortcut is None else self.shortcut(x))
-        return self.relu(out)
-
-    def describe(self) -> dict[str, Any]:
-        kind = "identity" if self.shortcut is None else f"option {self.option}"
-        params = 0 if self.shortcut is None else sum(p.numel() for p in self.shortcut.parameters())
-        return {
-            "kind": type(self).__name__,
-            "tap": "input",
-            "shortcut": kind,
-            "merge": "Add",
-            "parameters": params,
-            "enabled": self.skip_enabled,
-        }
+    def describe(self) -> SkipInfo:
+        identity = isinstance(self.shortcut, nn.Identity)
+        kind = "identity" if identity else f"option {self.option}"
+        params = sum(p.numel() for p in self.shortcut.parameters())
+        where = self.path or ""
+        return SkipInfo(
+            path=where,
+            kind=type(self).__name__,
+            tap="input",
+            dst=where,
+            shortcut=kind,
+            merge="Add",
+            parameters=params,
+            enabled=self.skip_enabled,
+            added=False,
+        )
 
 
 class CifarResNet(nn.Module):

@@ -43,7 +43,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -53,7 +53,7 @@ from skipkit.merges import Add, Concat, Merge
 from skipkit.models._blocks import BATCHNORM, CONV, WeightsSpec, check_dims, load_weights
 from skipkit.models._registry import register_model
 from skipkit.shapes import ShapeMismatchError, fmt_shape
-from skipkit.skips import SkipModule
+from skipkit.skips import SkipInfo, SkipModule
 
 __all__ = ["ALIGNS", "ConvBlock", "LongSkip", "UNet", "UpStage", "unet"]
 
@@ -208,17 +208,23 @@ class LongSkip(SkipModule):
         skip, branch = self.fit(skip, branch)
         if self.skip_enabled:
             return self.merge(skip, branch)
-        return self.merge.without_skip(skip, branch)
+        if isinstance(self.merge, Concat):  # zeros in the encoder's channels: same width
+            return self.merge(torch.zeros_like(skip), branch)
+        return self.merge.without_skip(branch)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "LongSkip",
-            "tap": "encoder" if self.level is None else f"encoder.{self.level}",
-            "shortcut": f"align={self.align}",
-            "merge": type(self.merge).__name__,
-            "parameters": 0,
-            "enabled": self.skip_enabled,
-        }
+    def describe(self) -> SkipInfo:
+        where = self.path or ""
+        return SkipInfo(
+            path=where,
+            kind="LongSkip",
+            tap="encoder" if self.level is None else f"encoder.{self.level}",
+            dst=where,
+            shortcut=f"align={self.align}",
+            merge=type(self.merge).__name__,
+            parameters=0,
+            enabled=self.skip_enabled,
+            added=False,
+        )
 
     def extra_repr(self) -> str:
         return f"align={self.align!r}, level={self.level}"

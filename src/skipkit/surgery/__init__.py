@@ -19,11 +19,11 @@
 
 from __future__ import annotations
 
-from skipkit.skips import skips_disabled
+from skipkit.skips import SkipInfo, skips_disabled
 from skipkit.surgery.adapters import Modulate, TanhGate, ToMap, ZeroGain
 from skipkit.surgery.added import AddedSkip
 from skipkit.surgery.graft import add_skip, connect
-from skipkit.surgery.listing import SkipInfo, list_skips, remove_skip
+from skipkit.surgery.listing import list_skips, remove_skip
 from skipkit.surgery.taps import taps
 from skipkit.surgery.wrapper import Connected, Grafted, SurgeryModule
 

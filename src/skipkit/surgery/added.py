@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
 from skipkit.merges import Merge
 from skipkit.shapes import fmt_shape
-from skipkit.skips import SkipModule
+from skipkit.skips import SkipInfo, SkipModule
 from skipkit.surgery.adapters import describe_adapter
 
 
@@ -68,16 +67,18 @@ class AddedSkip(SkipModule):
             skip = skip.to(branch.device)
         return self.merge(self.adapter(skip), branch)
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": "AddedSkip",
-            "tap": self.src,
-            "dst": self.dst,
-            "shortcut": describe_adapter(self.adapter),
-            "merge": self.merge_name,
-            "parameters": sum(p.numel() for p in self.parameters()),
-            "enabled": self.skip_enabled,
-        }
+    def describe(self) -> SkipInfo:
+        return SkipInfo(
+            path=self.path or "",
+            kind="AddedSkip",
+            tap=self.src,
+            dst=self.dst,
+            shortcut=describe_adapter(self.adapter),
+            merge=self.merge_name,
+            parameters=sum(p.numel() for p in self.parameters()),
+            enabled=self.skip_enabled,
+            added=True,
+        )
 
     def extra_repr(self) -> str:
         return (

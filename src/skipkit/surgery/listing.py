@@ -3,47 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 from torch import nn
 
 from skipkit.shapes import close_matches
-from skipkit.skips import SkipModule
-from skipkit.surgery.added import AddedSkip
+from skipkit.skips import SkipInfo, SkipModule
 from skipkit.surgery.wrapper import SurgeryModule
-
-
-@dataclasses.dataclass(frozen=True)
-class SkipInfo:
-    """One skip of a model, as :func:`list_skips` reports it.
-
-    Attributes:
-        path: the skip module's path in the model (``"layer1.0"``, ``"skips.0"``).
-        kind: its class (``"Residual"``, ``"DenseBlock"``, ``"AddedSkip"``, a model block).
-        tap: where the skipped signal comes from: ``"input"`` for a block's own input, or
-            the ``src`` path of an added skip.
-        dst: where it joins: the block's own output (its path) or the added skip's ``dst``.
-        shortcut: what makes it fit (``"Identity"``, ``"Conv2d+BatchNorm2d"``, …).
-        merge: how it joins (``"Add"``, ``"Concat"``, ``"rezero"``, …).
-        parameters: parameters of the shortcut and merge (not the body's).
-        enabled: ``False`` inside :func:`skipkit.skips_disabled`.
-        added: whether :func:`skipkit.add_skip` / :func:`skipkit.connect` added it (only
-            those can be removed with :func:`remove_skip`).
-    """
-
-    path: str
-    kind: str
-    tap: str
-    dst: str
-    shortcut: str
-    merge: str
-    parameters: int
-    enabled: bool
-    added: bool
-
-    def to_dict(self) -> dict[str, Any]:
-        """A plain ``dict`` (JSON-ready)."""
-        return dataclasses.asdict(self)
 
 
 def list_skips(model: nn.Module) -> list[SkipInfo]:
@@ -59,20 +24,10 @@ def list_skips(model: nn.Module) -> list[SkipInfo]:
     for path, m in model.named_modules():
         if not isinstance(m, SkipModule):
             continue
-        d = m.describe()
-        out.append(
-            SkipInfo(
-                path=path,
-                kind=str(d.get("kind", type(m).__name__)),
-                tap=str(d.get("tap", "input")),
-                dst=str(d.get("dst", path)),
-                shortcut=str(d.get("shortcut", "?")),
-                merge=str(d.get("merge", "?")),
-                parameters=int(d.get("parameters", 0)),
-                enabled=bool(d.get("enabled", m.skip_enabled)),
-                added=isinstance(m, AddedSkip),
-            )
-        )
+        info = m.describe()
+        # the path in this model; a skip's own dst is its output unless it joins elsewhere
+        dst = path if info.dst == info.path else info.dst
+        out.append(dataclasses.replace(info, path=path, dst=dst))
     return out
 
 
