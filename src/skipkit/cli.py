@@ -333,7 +333,9 @@ def _degradation(
                 out, depths=result.depths, dataset=dataset, seed=kw.get("seed", 0), quick=quick
             )
             for s in found:  # before the settings, which stay last
-                report.add_section(s.title, s.html, s.images, index=len(report.sections) - 1)
+                report.add_section(
+                    s.title, s.html, s.images, index=len(report.sections) - 1, data=s.data
+                )
 
     report = write_degradation_report(result, out, extend=extend)
     echo(format_table(result))
