@@ -400,14 +400,16 @@ def _degradation(
         extend = None
         sections = _diagnostics_sections() if diagnostics else None
         if sections is not None:
-            say(args, "measuring gradient flow and loss landscapes")
+            say(args, "measuring gradient flow, shattered gradients, loss landscapes and lesions")
 
             def extend(report: Report) -> None:
                 found = sections(
                     out, depths=result.depths, dataset=dataset, seed=kw.get("seed", 0), quick=quick
                 )
                 for s in found:  # before the settings, which stay last
-                    report.add_section(s.title, s.html, s.images, index=len(report.sections) - 1)
+                    report.add_section(
+                        s.title, s.html, s.images, index=len(report.sections) - 1, data=s.data
+                    )
 
         before = {p.name for p in out.iterdir()}
         report = write_degradation_report(result, out, extend=extend)

@@ -87,3 +87,25 @@ def test_write_degradation_report_files_and_extension(tmp_path: Path) -> None:
     assert DegradationResult.load(tmp_path / "results.json") == _result(0.4)
     page = path.read_text()
     assert "Gradient flow" in page and page.count("data:image/png;base64,") == 3
+
+
+def test_results_json_carries_every_sections_data_and_the_environment(tmp_path: Path) -> None:
+    import json
+    import math
+
+    def extend(report: Report) -> None:
+        report.add_section("Loss landscape", "<p>x</p>", data={"nonconvex": [0.1, math.nan]})
+        report.add_section("No numbers", "<p>y</p>")
+
+    write_degradation_report(_result(0.4), tmp_path, extend=extend)
+    doc = json.loads((tmp_path / "results.json").read_text(), parse_constant=None)
+    assert doc["sections"] == {"loss_landscape": {"nonconvex": [0.1, None]}}
+    assert set(doc["environment"]) == {"torch", "cpu_capability", "cpu_count", "python"}
+    assert DegradationResult.from_dict(doc) == _result(0.4)  # the runs are still readable
+
+
+def test_section_keys_and_data() -> None:
+    report = Report("t")
+    s = report.add_section("Lesion study (Veit et al.)", data={"a": 1})
+    assert s.key == "lesion_study_veit_et_al"
+    assert report.data() == {"lesion_study_veit_et_al": {"a": 1}}

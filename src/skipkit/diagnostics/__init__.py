@@ -7,6 +7,9 @@ Everything here returns data (dataclasses with ``to_dict()``); pictures come fro
   balance, from one backward pass; :class:`GradientFlowRecorder` records them while training.
 - :func:`loss_landscape` / :func:`interpolate` — Li et al.'s filter-normalized loss surfaces
   and straight-line interpolation between two states (resumable, split over ``torchrun``).
+- :func:`lesion` — Veit et al.'s lesion study: test error with skip blocks deleted.
+- :func:`shattering` — Balduzzi et al.'s shattered gradients: the correlation of the input
+  gradients of nearby inputs.
 - :func:`advise` / :func:`apply` — where skips belong, and adding them with
   :func:`skipkit.add_skip`.
 """
@@ -28,18 +31,26 @@ from skipkit.diagnostics.landscape import (
     loss_landscape,
     random_direction,
 )
+from skipkit.diagnostics.lesion import BlockLesion, Lesion, SetLesion, lesion
 from skipkit.diagnostics.plot import (
     plot_flow_in_time,
     plot_gradient_flow,
     plot_landscape,
     plot_landscapes,
+    plot_lesion,
+    plot_shattering,
 )
+from skipkit.diagnostics.shatter import Shattering, shattering
 
 __all__ = [
+    "BlockLesion",
     "GradientFlow",
     "GradientFlowRecorder",
     "Landscape",
     "LayerFlow",
+    "Lesion",
+    "SetLesion",
+    "Shattering",
     "SkipFlow",
     "Suggestion",
     "advise",
@@ -47,10 +58,14 @@ __all__ = [
     "filter_normalize",
     "gradient_flow",
     "interpolate",
+    "lesion",
     "loss_landscape",
     "plot_flow_in_time",
     "plot_gradient_flow",
     "plot_landscape",
     "plot_landscapes",
+    "plot_lesion",
+    "plot_shattering",
     "random_direction",
+    "shattering",
 ]

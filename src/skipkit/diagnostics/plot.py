@@ -21,12 +21,16 @@ if TYPE_CHECKING:
 
     from skipkit.diagnostics.gradflow import GradientFlow
     from skipkit.diagnostics.landscape import Landscape
+    from skipkit.diagnostics.lesion import Lesion
+    from skipkit.diagnostics.shatter import Shattering
 
 __all__ = [
     "plot_flow_in_time",
     "plot_gradient_flow",
     "plot_landscape",
     "plot_landscapes",
+    "plot_lesion",
+    "plot_shattering",
 ]
 
 PathLike = str | os.PathLike[str]
@@ -312,4 +316,109 @@ def plot_landscapes(
         fig.colorbar(cs, ax=flat, label="log10 loss", shrink=0.9)
     if title:
         fig.suptitle(title)
+    return _save(fig, path, dpi)
+
+
+# ------------------------------------------------------------------- lesions and shattering
+
+
+def _palette(n: int, colors: Sequence[str] | None) -> list[str]:
+    base = ("#2166ac", "#b2182b", "#1b7837", "#762a83", "#e08214", "#4d4d4d")
+    return list(colors) if colors is not None else [base[i % len(base)] for i in range(n)]
+
+
+def plot_lesion(
+    lesions: Sequence[Lesion],
+    path: PathLike | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    colors: Sequence[str] | None = None,
+    title: str | None = None,
+    dpi: int = 130,
+) -> Figure:
+    """Veit et al.'s lesion figures: left, the error with each block deleted alone (one bar
+    per block and model, input to output; grey band: a stage-changing block, ``x``: a block
+    that cannot be deleted; dotted lines: the intact models); right, the error against the
+    number of deleted blocks (mean and min–max over the random sets). Errors in percent."""
+    if not lesions:
+        raise ValueError("plot_lesion needs at least one Lesion")
+    names = list(labels) if labels is not None else [les.name for les in lesions]
+    cols = _palette(len(lesions), colors)
+    fig = _figure(13.0, 4.2)
+    ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
+    from matplotlib.patches import Patch
+
+    width = 0.8 / len(lesions)
+    for j, b in enumerate(lesions[0].blocks):
+        if b.stage_change:
+            ax.axvspan(j - 0.5, j + 0.5, color="#e3e6eb", zorder=0)
+    for i, les in enumerate(lesions):
+        xs = np.arange(len(les.blocks)) + (i - (len(lesions) - 1) / 2) * width
+        ys = [100 * b.error if b.error is not None else 0.0 for b in les.blocks]
+        ax.bar(xs, ys, width=width, color=cols[i], zorder=2)
+        gone = [x for x, b in zip(xs, les.blocks, strict=True) if b.error is None]
+        ax.plot(gone, [1.5] * len(gone), "x", color=cols[i], ms=7, mew=2, zorder=3)
+        ax.axhline(100 * les.error, color=cols[i], ls=":", lw=1.2, zorder=1)
+        ks = les.by_k()
+        kx = np.asarray(list(ks))
+        mean = np.asarray([100 * v["mean"] for v in ks.values()])
+        lo = mean - np.asarray([100 * v["min"] for v in ks.values()])
+        hi = np.asarray([100 * v["max"] for v in ks.values()]) - mean
+        style = "--" if _is_plain(names[i]) else "-"
+        ax2.errorbar(
+            kx,
+            mean,
+            yerr=[lo, hi],
+            fmt=style,
+            marker="o",
+            ms=4,
+            color=cols[i],
+            capsize=3,
+            label=names[i],
+        )
+    handles = [Patch(color=c, label=n) for c, n in zip(cols, names, strict=True)]
+    handles.append(Patch(color="#e3e6eb", label="stage change"))
+    ax.set_xlabel("deleted block (input → output); x: cannot be deleted")
+    ax.set_ylabel("test error (%)")
+    ax.set_title("one block deleted (dotted: intact)", fontsize=11)
+    ax.set_ylim(0, 112)  # room for the legend above the bars
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(handles=handles, fontsize=9, frameon=False, loc="upper center", ncol=3)
+    ax2.set_xlabel("blocks deleted")
+    ax2.set_title("error against blocks deleted", fontsize=11)
+    ax2.set_ylim(0, 100)
+    ax2.grid(alpha=0.3)
+    ax2.legend(fontsize=9, frameon=False)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path, dpi)
+
+
+def plot_shattering(
+    results: Sequence[Shattering],
+    path: PathLike | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    colors: Sequence[str] | None = None,
+    title: str | None = None,
+    dpi: int = 130,
+) -> Figure:
+    """Balduzzi et al.'s gradient correlation ``r(k)`` against the distance between the two
+    inputs (a fraction of the input's norm), one line per model (dashed: plain)."""
+    if not results:
+        raise ValueError("plot_shattering needs at least one Shattering")
+    names = list(labels) if labels is not None else [r.name for r in results]
+    cols = _palette(len(results), colors)
+    fig = _figure(6.8, 4.2)
+    ax = fig.subplots()
+    for i, r in enumerate(results):
+        style = "--" if _is_plain(names[i]) else "-"
+        ax.plot(r.offsets, r.correlation, style, color=cols[i], lw=1.8, label=names[i])
+    ax.axhline(0.0, color="#8a93a2", lw=0.8)
+    ax.set_xlabel("distance between the inputs (fraction of ‖x‖)")
+    ax.set_ylabel("correlation of the input gradients")
+    ax.set_ylim(-0.2, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9, frameon=False)
+    ax.set_title(title or "shattered gradients (Balduzzi et al. 2017)", fontsize=11)
     return _save(fig, path, dpi)

@@ -1,14 +1,18 @@
-"""Report sections for ``skipkit demo``: gradient flow and loss landscapes, plain vs residual.
+"""Report sections for ``skipkit demo``: plain vs residual twins, measured.
 
-Each function returns a :class:`ReportSection` (a title, trusted HTML, captioned PNGs) that
-:meth:`skipkit.experiments.report.Report.add_section` takes as it is::
+Each function returns a :class:`ReportSection` (a title, trusted HTML, captioned PNGs and the
+numbers behind them in ``data``) that :meth:`skipkit.experiments.report.Report.add_section`
+takes as it is::
 
     for s in report_sections(out_dir, depths=(20, 56)):
-        report.add_section(s.title, s.html, s.images)
+        report.add_section(s.title, s.html, s.images, data=s.data)
 
-The networks are the demo's: :func:`skipkit.experiments.degradation.build_model` seeded with
-``seed`` (so the initial weights are the demo's), and, when the demo has trained them, the
-weights in ``out_dir/runs/<plain|residual>-<depth>/model.safetensors``.
+The sections: gradient flow (He et al. 2015, Fig. 7), shattered gradients (Balduzzi et al.
+2017), the loss landscapes of the deepest pair (Li et al. 2018) and a lesion study of it
+(Veit et al. 2016, in :mod:`skipkit.diagnostics.evidence`). The networks are the demo's:
+:func:`skipkit.experiments.degradation.build_model` seeded with ``seed`` (so the initial
+weights are the demo's), and, when the demo has trained them, the weights in
+``out_dir/runs/<plain|residual>-<depth>/model.safetensors``.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ from torch import nn
 from skipkit.diagnostics.gradflow import GradientFlow, gradient_flow
 from skipkit.diagnostics.landscape import Landscape, loss_landscape
 
-__all__ = ["ReportSection", "gradient_flow_section", "landscape_section", "report_sections"]
+__all__ = [
+    "ModelSource",
+    "ReportSection",
+    "gradient_flow_section",
+    "landscape_section",
+    "report_sections",
+]
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +51,7 @@ _RESIDUAL = ("#92c5de", "#4393c3", "#2166ac", "#053061")
 
 @dataclass
 class ReportSection:
-    """A section of the HTML report: ``add_section(s.title, s.html, s.images)``."""
+    """A section of the HTML report: ``add_section(s.title, s.html, s.images, data=s.data)``."""
 
     title: str
     html: str
@@ -49,53 +59,167 @@ class ReportSection:
     data: dict[str, Any] = field(default_factory=dict)  # the numbers behind it, JSON-ready
 
 
+class ModelSource:
+    """The demo's networks and data: initial weights from ``seed``, trained weights from
+    ``runs`` (or, when a run is missing, ``train_epochs`` of the default recipe here, once).
+
+    Args:
+        runs: the demo's ``out_dir/runs`` folder, or ``None``.
+        dataset: a name of :data:`skipkit.data.DATASETS`.
+        seed: the demo's seed.
+        train_epochs: epochs for a network whose weights are not in ``runs``.
+    """
+
+    def __init__(
+        self,
+        runs: Path | None = None,
+        *,
+        dataset: str = "mnist1d",
+        seed: int = 0,
+        train_epochs: int = 8,
+    ) -> None:
+        from skipkit.data import DATASETS
+
+        self.runs, self.dataset, self.seed, self.train_epochs = runs, dataset, seed, train_epochs
+        self.num_classes = DATASETS[dataset].num_classes
+        self._fitted: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
+
+    def initial(self, depth: int, skip: bool, *, as_residual: bool = False) -> nn.Module:
+        """The network at the demo's initial weights; ``as_residual`` builds the residual
+        architecture with the plain net's weights (run it in ``skips_disabled``)."""
+        from skipkit.experiments.degradation import build_model
+        from skipkit.train import seed_everything
+
+        seed_everything(self.seed)  # the demo's initial weights
+        model = build_model(depth, skip=skip, dataset=self.dataset)
+        if as_residual and not skip:
+            residual = build_model(depth, skip=True, dataset=self.dataset)
+            residual.load_state_dict(model.state_dict())
+            model = residual
+        return model
+
+    def weights(self, depth: int, skip: bool) -> Path | None:
+        """The demo's trained weights of this network, if it has them."""
+        if self.runs is None:
+            return None
+        path = self.runs / _name(depth, skip) / "model.safetensors"
+        return path if path.is_file() else None
+
+    def trained(
+        self, depth: int, skip: bool, *, as_residual: bool = False
+    ) -> tuple[nn.Module, str]:
+        """The trained network and where its weights come from (a phrase for the text)."""
+        from skipkit.models import load_weights
+
+        model = self.initial(depth, skip, as_residual=as_residual)
+        path = self.weights(depth, skip)
+        if path is not None:
+            load_weights(model, path)
+            return model, f"the demo's trained {_label(depth, skip)}"
+        if (depth, skip) not in self._fitted:
+            from skipkit.data import get_dataset
+            from skipkit.train import TrainConfig, Trainer
+
+            net = self.initial(depth, skip)
+            train, _ = get_dataset(self.dataset)
+            cfg = TrainConfig(epochs=self.train_epochs, seed=self.seed, quiet=True, device="cpu")
+            Trainer(net, train, None, cfg).fit()
+            self._fitted[(depth, skip)] = {k: v.clone() for k, v in net.state_dict().items()}
+        model.load_state_dict(self._fitted[(depth, skip)])
+        return model, f"{_label(depth, skip)} trained for {self.train_epochs} epochs"
+
+    def train_batch(self, n: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` training examples drawn with ``seed + offset``: ``x (n, C, *S)``, ``y (n,)``."""
+        return _batch(self.dataset, n, self.seed + offset)
+
+    def test_set(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``n`` test examples (``None``: all)."""
+        from skipkit.data import get_dataset
+
+        _, test = get_dataset(self.dataset)
+        size = len(test)  # type: ignore[arg-type]
+        count = size if n is None else min(n, size)
+        xs, ys = zip(*(test[i] for i in range(count)), strict=True)
+        return torch.stack(xs), torch.as_tensor(ys)
+
+
 def report_sections(
     out_dir: str | os.PathLike[str] | None = None,
     *,
     depths: Sequence[int] = (20, 56),
-    landscape_depth: int = 20,
+    landscape_depth: int | None = None,
     dataset: str = "mnist1d",
     seed: int = 0,
     quick: bool = False,
     progress: bool = False,
+    threads: int | None = 1,
 ) -> list[ReportSection]:
-    """The gradient-flow and the loss-landscape sections, with the demo's networks.
+    """Gradient flow, shattered gradients, loss landscapes and the lesion study.
 
     Args:
         out_dir: the demo's output folder; trained weights are read from
             ``out_dir/runs/<plain|residual>-<depth>/model.safetensors`` when present.
-        depths: the depths of the gradient-flow comparison.
-        landscape_depth: the depth whose two twins get a landscape.
+        depths: the depths of the gradient-flow and shattering comparisons.
+        landscape_depth: the depth whose two twins get a landscape and a lesion study
+            (default: the deepest, 56 in the demo: where Li et al. see the difference).
         dataset: a name of :data:`skipkit.data.DATASETS`.
         seed: the demo's seed (same initial weights).
-        quick: a seconds-long version (tiny grid, few examples) for smoke runs.
+        quick: a seconds-long version (tiny grids, few examples) for smoke runs.
         progress: show tqdm bars for the landscape grids.
+        threads: torch threads while measuring, restored afterwards (``None``: keep torch's
+            setting). One by default: on a CPU shared with other jobs, torch's extra threads
+            wait on busy cores, and one evaluation of ResNet-56 took 10 s with two threads
+            against 1 s with one on this project's loaded 2-core machine.
     """
+    saved = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        return _sections(out_dir, depths, landscape_depth, dataset, seed, quick, progress)
+    finally:
+        torch.set_num_threads(saved)
+
+
+def _sections(
+    out_dir: str | os.PathLike[str] | None,
+    depths: Sequence[int],
+    landscape_depth: int | None,
+    dataset: str,
+    seed: int,
+    quick: bool,
+    progress: bool,
+) -> list[ReportSection]:
+    from skipkit.diagnostics.evidence import lesion_section, shattering_section
+    from skipkit.experiments.degradation import check_depth
+
+    for d in depths:
+        check_depth(d)
+    deep = check_depth(landscape_depth if landscape_depth is not None else max(depths))
     runs = Path(out_dir) / "runs" if out_dir is not None else None
+    source = ModelSource(runs, dataset=dataset, seed=seed, train_epochs=1 if quick else 8)
     return [
-        gradient_flow_section(depths=depths, dataset=dataset, seed=seed, runs=runs),
+        gradient_flow_section(depths=depths, source=source),
+        shattering_section(
+            source, depths=depths, lines=2 if quick else 4, points=32 if quick else 128
+        ),
         landscape_section(
-            depth=landscape_depth,
-            dataset=dataset,
-            seed=seed,
-            runs=runs,
+            depth=deep,
+            source=source,
             steps=5 if quick else 11,
             examples=128 if quick else 500,
-            train_epochs=1 if quick else 8,
             progress=progress,
+        ),
+        lesion_section(
+            source,
+            depth=deep,
+            ks=(1, 2) if quick else (1, 2, 4, 8),
+            sets=3 if quick else 6,
+            examples=256 if quick else 500,
         ),
     ]
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _build(depth: int, skip: bool, dataset: str, seed: int) -> nn.Module:
-    from skipkit.experiments.degradation import build_model
-    from skipkit.train import seed_everything
-
-    seed_everything(seed)  # the demo's initial weights
-    return build_model(depth, skip=skip, dataset=dataset)
 
 
 def _name(depth: int, skip: bool) -> str:
@@ -104,13 +228,6 @@ def _name(depth: int, skip: bool) -> str:
 
 def _label(depth: int, skip: bool) -> str:
     return f"{'ResNet' if skip else 'plain'}-{depth}"
-
-
-def _trained(runs: Path | None, depth: int, skip: bool) -> Path | None:
-    if runs is None:
-        return None
-    path = runs / _name(depth, skip) / "model.safetensors"
-    return path if path.is_file() else None
 
 
 def _colors(depths: Sequence[int]) -> dict[tuple[int, bool], str]:
@@ -160,24 +277,24 @@ def gradient_flow_section(
     seed: int = 0,
     runs: Path | None = None,
     examples: int = 128,
+    source: ModelSource | None = None,
 ) -> ReportSection:
     """Gradient norm against depth for the plain and residual twins at each depth, at
     initialization, and He et al.'s Fig. 7 (response std per layer) for the trained nets when
-    their weights are in ``runs``."""
+    their weights are in ``runs`` (``source`` replaces ``dataset``, ``seed`` and ``runs``)."""
     from skipkit.diagnostics.plot import plot_gradient_flow
-    from skipkit.models import load_weights
 
-    batch = _batch(dataset, examples, seed)
+    src = source or ModelSource(runs, dataset=dataset, seed=seed)
+    batch = src.train_batch(examples)
     colors = _colors(depths)
     keys = [(d, s) for d in sorted(depths) for s in (False, True)]
     init: list[GradientFlow] = []
     trained: list[GradientFlow] = []
     for d, s in keys:
-        model = _build(d, s, dataset, seed)
+        model = src.initial(d, s)
         init.append(gradient_flow(model, batch, nn.CrossEntropyLoss(), name=_label(d, s)))
-        weights = _trained(runs, d, s)
-        if weights is not None:
-            load_weights(model, weights)
+        if src.weights(d, s) is not None:
+            model, _ = src.trained(d, s)
             trained.append(gradient_flow(model, batch, nn.CrossEntropyLoss(), name=_label(d, s)))
     images = [
         (
@@ -193,7 +310,7 @@ def gradient_flow_section(
         )
     ]
     if trained:
-        have = [k for k in keys if _trained(runs, *k) is not None]
+        have = [k for k in keys if src.weights(*k) is not None]
         images.append(
             (
                 "After training: gradient norms, and the std of each layer's response after BN "
@@ -240,7 +357,7 @@ def gradient_flow_section(
 
 def landscape_section(
     *,
-    depth: int = 20,
+    depth: int = 56,
     dataset: str = "mnist1d",
     seed: int = 0,
     runs: Path | None = None,
@@ -248,36 +365,27 @@ def landscape_section(
     examples: int = 500,
     train_epochs: int = 8,
     progress: bool = False,
+    source: ModelSource | None = None,
 ) -> ReportSection:
     """Li et al.'s 2-D loss landscape of the residual net of ``depth`` and its plain twin,
-    trained (weights from ``runs``, or ``train_epochs`` of the default recipe here)."""
+    trained (weights from ``runs``, or ``train_epochs`` of the default recipe here; ``source``
+    replaces ``dataset``, ``seed``, ``runs`` and ``train_epochs``)."""
     from skipkit.diagnostics.plot import plot_landscapes
-    from skipkit.models import load_weights
-    from skipkit.train import TrainConfig, Trainer
 
-    x, y = _batch(dataset, examples, seed + 1)
+    src = source or ModelSource(runs, dataset=dataset, seed=seed, train_epochs=train_epochs)
+    x, y = src.train_batch(examples, offset=1)
     lands: list[Landscape] = []
     sources = []
     for skip in (True, False):
-        model = _build(depth, skip, dataset, seed)
-        weights = _trained(runs, depth, skip)
-        if weights is not None:
-            load_weights(model, weights)
-            sources.append(f"the demo's trained {_label(depth, skip)}")
-        else:
-            from skipkit.data import get_dataset
-
-            train, _ = get_dataset(dataset)
-            cfg = TrainConfig(epochs=train_epochs, seed=seed, quiet=True, device="cpu")
-            Trainer(model, train, None, cfg).fit()
-            sources.append(f"{_label(depth, skip)} trained for {train_epochs} epochs")
+        model, origin = src.trained(depth, skip)
+        sources.append(origin)
         lands.append(
             loss_landscape(
                 model,
                 (x, y),
                 nn.CrossEntropyLoss(),
                 steps=steps,
-                seed=seed,
+                seed=src.seed,
                 progress=progress,
                 name=_label(depth, skip),
             )
@@ -297,7 +405,8 @@ def landscape_section(
     table = _table(["network", "loss at the weights", "largest loss", "non-convex points"], rows)
     res, plain = (land.summary()["nonconvex"] for land in lands)
     verdict = (
-        "As in Li et al., the surface without skips is the rougher one."
+        f"As in Li et al., the surface without skips is the rougher one: {100 * plain:.0f}% of "
+        f"its grid points are non-convex against {100 * res:.0f}% with skips."
         if plain > res
         else "Here the two surfaces are about equally rough: at this depth and training budget "
         "the skips' smoothing (Li et al. see it clearly from 56 layers on) does not show."
@@ -309,7 +418,14 @@ def landscape_section(
         "colour scale for both. <i>Non-convex points</i> is the share of grid points where the "
         f"surface curves downward in some direction (0 for a bowl). {verdict}</p>"
     )
-    data = {"landscapes": [land.to_dict() for land in lands]}
+    data = {
+        "depth": depth,
+        "steps": steps,
+        "examples": examples,
+        "sources": sources,
+        "summary": [land.summary() for land in lands],
+        "landscapes": [land.to_dict() for land in lands],
+    }
     return ReportSection("Loss landscape", text + table, [(_caption(depth), _png(fig))], data)
 
 

@@ -3,8 +3,10 @@
 :class:`Report` is a list of sections; anything can add one::
 
     report = degradation_report(result)                       # explanation, figure, table
-    report.add_section("Gradient flow", "<p>...</p>", {"Gradient norm per layer": fig})
+    report.add_section("Gradient flow", "<p>...</p>", {"Gradient norm per layer": fig},
+                       data={"norms": [...]})                # the numbers behind it
     report.write("runs/demo/report.html")
+    report.data()                          # {"gradient_flow": {"norms": [...]}}, JSON-ready
 
 Images are matplotlib figures, PNG bytes or paths to PNG files; the HTML references no other
 file, so it can be mailed or archived on its own.
@@ -16,7 +18,11 @@ import base64
 import datetime as _dt
 import html
 import io
+import json
+import math
 import os
+import platform
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +40,7 @@ __all__ = [
     "Section",
     "degradation_figures",
     "degradation_report",
+    "environment",
     "html_table",
     "plot_degradation",
     "plot_final_errors",
@@ -79,11 +86,18 @@ class Image:
 
 @dataclass
 class Section:
-    """A titled part of the report: trusted HTML, then images."""
+    """A titled part of the report: trusted HTML, then images; ``data`` holds the numbers
+    behind them (JSON-ready) for :meth:`Report.data`."""
 
     title: str
     html: str = ""
     images: list[Image] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The title as a JSON key: ``"Loss landscape"`` -> ``"loss_landscape"``."""
+        return "_".join(re.findall(r"[a-z0-9]+", self.title.lower()))
 
     def to_html(self) -> str:
         imgs = "".join(i.to_html() for i in self.images)
@@ -105,6 +119,7 @@ class Report:
         images: Mapping[str, Any] | Sequence[tuple[str, Any]] = (),
         *,
         index: int | None = None,
+        data: Mapping[str, Any] | None = None,
     ) -> Section:
         """Append (or insert at ``index``) a section.
 
@@ -112,14 +127,21 @@ class Report:
             title: the heading (escaped).
             html: the body, inserted as is: escape any untrusted text yourself.
             images: caption -> figure / PNG bytes / PNG path, shown after the body.
+            data: the numbers behind the section (JSON-ready), returned by :meth:`data`.
         """
         pairs = images.items() if isinstance(images, Mapping) else images
-        section = Section(title, html, [Image(c, png_bytes(img)) for c, img in pairs])
+        section = Section(
+            title, html, [Image(c, png_bytes(img)) for c, img in pairs], dict(data or {})
+        )
         if index is None:
             self.sections.append(section)
         else:
             self.sections.insert(index, section)
         return section
+
+    def data(self) -> dict[str, dict[str, Any]]:
+        """``{section key: its data}`` for the sections that carry data, in order."""
+        return {s.key: s.data for s in self.sections if s.data}
 
     def to_html(self) -> str:
         from skipkit import __version__
@@ -423,7 +445,10 @@ def write_degradation_report(
 ) -> Path:
     """Write ``report.html``, ``degradation.png``, ``final_errors.png`` and ``results.json``.
 
-    ``extend`` is called with the report before it is written, to add sections.
+    ``extend`` is called with the report before it is written, to add sections. The numbers
+    of every section that carries data go into ``results.json`` under ``"sections"`` (keyed
+    by :attr:`Section.key`), next to the training runs and an ``"environment"`` entry (torch
+    version, CPU instruction set, core count: what the exact numbers depend on).
 
     Returns:
         the path of ``report.html``.
@@ -432,8 +457,34 @@ def write_degradation_report(
     figures = degradation_figures(result)
     for name, png in figures.items():
         atomic_write_bytes(out / name, png)
-    result.save(out / "results.json")
+    result.save(out / "results.json")  # the training runs are kept even if a section fails
     report = degradation_report(result, figures=figures)
     if extend is not None:
         extend(report)
+    doc = {**result.to_dict(), "environment": environment(), "sections": report.data()}
+    atomic_write_text(out / "results.json", json.dumps(_finite(doc), indent=1) + "\n")
     return report.write(out / "report.html")
+
+
+def _finite(v: Any) -> Any:
+    """``v`` with NaN and infinities as ``None``: strict JSON, readable by any tool."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, Mapping):
+        return {str(k): _finite(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite(x) for x in v]
+    return v
+
+
+def environment() -> dict[str, Any]:
+    """What bit-exact numbers depend on: the torch build, the CPU instruction set torch's
+    kernels use (``ATEN_CPU_CAPABILITY``), the cores and the python version."""
+    import torch
+
+    return {
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
