@@ -28,7 +28,7 @@ from typing import Any, NoReturn
 
 __all__ = ["EXTENSIONS", "build_parser", "echo", "key_value", "main", "positive_int", "say"]
 
-EXTENSIONS = ("skipkit.diagnostics.cli",)
+EXTENSIONS = ("skipkit.diagnostics.cli", "skipkit.experiments.transformer")
 """Modules whose ``add_parsers(subparsers)`` adds subcommands (skipped when absent)."""
 
 DEMO_DEPTHS = (20, 56)
