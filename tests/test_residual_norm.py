@@ -176,6 +176,14 @@ def test_bad_norm_arguments(kwargs: dict[str, object], error: type, words: list[
         assert w in str(info.value)
 
 
+def test_string_norm_refuses_a_channels_first_body() -> None:
+    with pytest.raises(ValueError, match="channels-first"):
+        sk.Residual(nn.Conv2d(4, 4, 3, padding=1), norm="layer")
+    block = sk.Residual(nn.Conv2d(4, 4, 3, padding=1), norm=nn.GroupNorm(1, 4))
+    x = torch.randn(2, 4, 5, 5)
+    torch.testing.assert_close(block(x), x + block.body(block.norm(x)))
+
+
 # --- DeepNorm ------------------------------------------------------------------------------
 
 

@@ -339,6 +339,12 @@ class Residual(SkipModule):
         self.layout: Layout | None = normalize_layout(layout) or infer_layout(body)
         self.shortcut_kind = "module" if isinstance(shortcut, nn.Module) else str(shortcut)
         self.norm_at = norm_at
+        if isinstance(norm, str) and self.layout == "NC":
+            raise ValueError(
+                f"Residual(norm={norm!r}) normalizes the last dim of (N, *, D) inputs, but "
+                f"this {type(body).__name__} body is channels-first; pass a norm module "
+                "instead, e.g. norm=nn.GroupNorm(1, C)"
+            )
         width_in, width_out = _residual.body_widths(body)
         ref = _first_tensor(body)
         self.norm: nn.Module | None = None
