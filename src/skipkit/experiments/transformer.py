@@ -56,8 +56,9 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class Settings:
-    """What a run depends on. The defaults take about 5 minutes of CPU time on one core
-    (estimated from 10-step timings: mHC's per-token Sinkhorn is about half of it)."""
+    """What a run depends on. The defaults are sized for 5-8 minutes of CPU time on one core,
+    estimated from 10-step timings and a partial run (mHC's per-token Sinkhorn is about half
+    of it); a complete default run has not been timed yet."""
 
     depths: tuple[int, ...] = (2, 6)
     variants: tuple[str, ...] = tuple(VARIANTS)
