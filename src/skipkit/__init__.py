@@ -16,6 +16,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from skipkit import surgery
+from skipkit._residual import DeepNorm, deepnorm
 from skipkit.dense import DenseBlock, DenseLayer
 from skipkit.errors import CheckpointError, ShapeMismatchError
 from skipkit.merges import Add, Concat, Gate, Merge, Mul, Scale, WeightedSum
@@ -29,6 +30,7 @@ from skipkit.skips import (
     materialize,
     skips_disabled,
 )
+from skipkit.streams import HyperConnection, expand_streams, reduce_streams
 from skipkit.surgery import add_skip, connect, list_skips, remove_skip, taps
 
 if TYPE_CHECKING:
@@ -52,11 +54,13 @@ __all__ = [
     "CenterCrop",
     "CheckpointError",
     "Concat",
+    "DeepNorm",
     "DenseBlock",
     "DenseLayer",
     "DropPath",
     "Gate",
     "Highway",
+    "HyperConnection",
     "Merge",
     "Mul",
     "Resample",
@@ -71,12 +75,15 @@ __all__ = [
     "add_skip",
     "connect",
     "data",
+    "deepnorm",
     "diagnostics",
+    "expand_streams",
     "experiments",
     "list_skips",
     "materialize",
     "models",
     "plan_shortcut",
+    "reduce_streams",
     "remove_skip",
     "skips_disabled",
     "surgery",

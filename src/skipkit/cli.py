@@ -47,7 +47,7 @@ from skipkit._cliargs import (
 
 __all__ = ["EXTENSIONS", "build_parser", "echo", "key_value", "main", "positive_int", "say"]
 
-EXTENSIONS = ("skipkit._cli_diagnostics",)
+EXTENSIONS = ("skipkit._cli_diagnostics", "skipkit._cli_transformer")
 """Modules whose ``add_parsers(subparsers)`` adds subcommands (skipped when absent)."""
 
 DEMO_DEPTHS = (20, 56)

@@ -24,7 +24,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from skipkit import _residual
 from skipkit._checks import check_finite, check_probability
+from skipkit._residual import main_output, replace_main
 from skipkit.merges import Merge, resolve_merge
 from skipkit.shapes import (
     Layout,
@@ -171,9 +173,11 @@ class SkipModule(nn.Module):
     so the plain twin (``skip_enabled = False``, see :func:`skips_disabled`), the diagnostics
     and :func:`skipkit.list_skips` are written against these parts, never against a subclass.
 
-    RNN convention: when ``branch`` returns a tuple ``(output, state, ...)`` the skip joins
-    ``output`` and ``forward`` returns ``(y, state, ...)``; a tuple input uses its first item
-    (the output of a residual RNN layer below), so such layers stack in ``nn.Sequential``.
+    Outputs: when ``branch`` returns a tuple ``(output, state, ...)`` (an RNN), a dict or a
+    Hugging Face ``ModelOutput``, the skip joins the main tensor (the first item / the first
+    tensor value) and ``forward`` returns the same container with the merged tensor in its
+    place (see :mod:`skipkit._residual`); a tuple input uses its first item (the output of a
+    residual RNN layer below), so such layers stack in ``nn.Sequential``.
 
     Attributes:
         tap: where the skipped signal comes from: ``"input"`` (the block's own input) or a
@@ -209,14 +213,13 @@ class SkipModule(nn.Module):
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         if isinstance(x, tuple):  # (output, state) from a residual RNN layer below
             x = x[0]
-        b = self.branch(x, *args, **kwargs)
-        rest: tuple[Any, ...] = ()
-        if isinstance(b, tuple):  # RNN bodies: (output, state); the skip joins the output
-            b, rest = b[0], tuple(b[1:])
+        out = self.branch(x, *args, **kwargs)
+        # a tuple / dict / ModelOutput: the skip joins the main tensor, the rest passes through
+        b = main_output(out)
         y = self.merge(self.shortcut(x), b) if self.skip_enabled else self.merge.without_skip(b)
         if self.post is not None:
             y = self.post(y)
-        return (y, *rest) if rest else y
+        return y if out is b else replace_main(out, y)
 
     def describe(self) -> SkipInfo:
         """This skip's parts, typed (its ``path`` is :attr:`path`, or ``""`` if unset)."""
@@ -309,6 +312,17 @@ class Residual(SkipModule):
             :func:`skipkit.materialize` before building the optimizer.
         layout: ``"NC"`` (channels first) / ``"NLC"`` (features last) / ``"NF"``; inferred
             from the body when ``None``.
+        norm: ``None``, ``"layer"`` / ``"rms"`` (``nn.LayerNorm`` / ``nn.RMSNorm`` over the
+            last dim, built from the width the block sees) or an ``nn.Module``.
+        norm_at: where ``norm`` goes: ``"pre"`` ``y = x + f(norm(x))`` (in the branch),
+            ``"post"`` ``y = norm(x + f(x))`` (the norm is :attr:`post`), ``"sandwich"``
+            ``y = x + norm_out(f(norm(x)))`` (two norms in the branch). DeepNorm is
+            post-norm with a fixed skip weight: see :func:`skipkit.deepnorm`.
+
+    Extra arguments of ``forward(x, *args, **kwargs)`` go to the body only (masks, states);
+    the shortcut sees ``x``. An ``nn.MultiheadAttention`` body is self-attention:
+    ``body(x, x, x, key_padding_mask=..., attn_mask=..., is_causal=...)``, returning the
+    merged tensor alone (``need_weights=True`` returns ``(y, weights)``).
 
     Example:
         >>> block = Residual(nn.Sequential(nn.Conv2d(64, 128, 3, 2, 1), nn.BatchNorm2d(128)))
@@ -326,8 +340,16 @@ class Residual(SkipModule):
         drop_path: float = 0.0,
         in_shape: Sequence[int] | None = None,
         layout: str | None = None,
+        norm: str | nn.Module | None = None,
+        norm_at: str = "pre",
     ) -> None:
         super().__init__()
+        _residual.check_norm_args(norm, norm_at)
+        if norm_at == "post" and norm is not None and post is not None:
+            raise ValueError(
+                "Residual(norm=..., norm_at='post', post=...): the post-norm is the block's "
+                "post part; pass post=None, or post=nn.Sequential(norm, activation)"
+            )
         if not isinstance(body, nn.Module):
             raise TypeError(f"Residual body must be an nn.Module, got {type(body).__name__}")
         if not isinstance(shortcut, nn.Module):
@@ -342,6 +364,23 @@ class Residual(SkipModule):
         self._follow_input_dtype = _first_tensor(body) is None
         self.layout: Layout | None = normalize_layout(layout) or infer_layout(body)
         self.shortcut_kind = "module" if isinstance(shortcut, nn.Module) else str(shortcut)
+        self.norm_at = norm_at
+        if isinstance(norm, str) and self.layout == "NC":
+            raise ValueError(
+                f"Residual(norm={norm!r}) normalizes the last dim of (N, *, D) inputs, but "
+                f"this {type(body).__name__} body is channels-first; pass a norm module "
+                "instead, e.g. norm=nn.GroupNorm(1, C)"
+            )
+        width_in, width_out = _residual.body_widths(body)
+        ref = _first_tensor(body)
+        self.norm: nn.Module | None = None
+        self.norm_out: nn.Module | None = None
+        if norm is not None and norm_at == "post":
+            self.post = _residual.norm_or_pending(norm, width_out, ref=ref)
+        elif norm is not None:
+            self.norm = _residual.norm_or_pending(norm, width_in, ref=ref)
+            if norm_at == "sandwich":
+                self.norm_out = _residual.norm_or_pending(norm, width_out, ref=ref)
         # A shortcut given by name is planned from the shapes; until then a placeholder.
         self.shortcut: nn.Module = (
             shortcut if isinstance(shortcut, nn.Module) else PendingShortcut(str(shortcut))
@@ -352,19 +391,49 @@ class Residual(SkipModule):
 
     @property
     def ready(self) -> bool:
-        return self._built
+        return self._built and not self._pending_norms()
 
     def _where(self) -> str:
         return self.path or f"Residual({type(self.body).__name__})"
+
+    def _pending_norms(self) -> list[str]:
+        return [
+            name
+            for name in ("norm", "norm_out", "post")
+            if isinstance(getattr(self, name), _residual.PendingNorm)
+        ]
+
+    def _build_norms(self, width_in: int, width_out: int, ref: torch.Tensor | None) -> None:
+        """Replace each pending ``"layer"``/``"rms"`` norm by the module of its width."""
+        for name in self._pending_norms():
+            pending = getattr(self, name)
+            width = width_in if name == "norm" else width_out
+            setattr(self, name, _residual.norm_or_pending(pending.kind, width, ref=ref))
+            getattr(self, name).train(self.training)
+
+    def _call_body(self, h: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(self.body, nn.MultiheadAttention):
+            if args:
+                raise TypeError(
+                    f"{self._where()}: a self-attention body takes its masks by keyword "
+                    "(key_padding_mask=, attn_mask=, is_causal=), not positionally"
+                )
+            return _residual.self_attention(self.body, h, **kwargs)
+        return self.body(h, *args, **kwargs)
 
     def _plan_from_in_shape(self, in_shape: tuple[int, ...]) -> None:
         if has_uninitialized_params(self.body):
             log.debug("%s: lazy body; planning the shortcut at the first forward", self._where())
             return
+        body = (
+            _residual.SelfAttention(self.body)
+            if isinstance(self.body, nn.MultiheadAttention)
+            else self.body
+        )
         ref = _first_tensor(self.body)
         dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
         try:
-            out = meta_forward(self.body, torch.empty(in_shape, device="meta", dtype=dtype))
+            out = meta_forward(body, torch.empty(in_shape, device="meta", dtype=dtype))
         except NotImplementedError:
             log.debug("%s: no meta kernel; planning at the first forward", self._where())
             return
@@ -374,8 +443,8 @@ class Residual(SkipModule):
                 path=self._where(),
                 fixes=["pass the shape of a real input, batch dim included"],
             ) from e
-        branch = out[0] if isinstance(out, tuple) else out
-        assert isinstance(branch, torch.Tensor)
+        branch = main_output(out)
+        self._build_norms(in_shape[-1], branch.shape[-1], ref)
         self._build(
             in_shape,
             tuple(branch.shape),
@@ -449,21 +518,27 @@ class Residual(SkipModule):
         return tuple(skip.shape)
 
     def branch(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
-        """``drop_path(body(x, *args, **kwargs))``; the shortcut sees ``x`` only. Plans the
-        shortcut and merge from the shapes on the first call."""
-        out = self.body(x, *args, **kwargs)
-        y = out[0] if isinstance(out, tuple) else out  # RNN bodies: (output, state)
+        """``drop_path(norm_out(body(norm(x), *args, **kwargs)))`` (each norm only where
+        ``norm_at`` puts it); the shortcut sees ``x`` only. Plans the shortcut, the merge and
+        any pending norm from the shapes on the first call."""
+        if isinstance(self.norm, _residual.PendingNorm):
+            self._build_norms(x.shape[-1], x.shape[-1], x)
+        out = self._call_body(x if self.norm is None else self.norm(x), *args, **kwargs)
+        b = main_output(out)
+        if self._pending_norms():
+            self._build_norms(x.shape[-1], b.shape[-1], b)
         if self._follow_input_dtype and self._built and x.is_floating_point():
             self._follow_dtype(x.dtype)
         if not self._built:
             self._build(
                 tuple(x.shape),
-                tuple(y.shape),
-                device=y.device,
-                dtype=y.dtype if y.is_floating_point() else None,
+                tuple(b.shape),
+                device=b.device,
+                dtype=b.dtype if b.is_floating_point() else None,
             )
+        y = b if self.norm_out is None else self.norm_out(b)
         y = self.drop_path(y)
-        return (y, *out[1:]) if isinstance(out, tuple) else y
+        return y if out is b else replace_main(out, y)
 
     def _load_from_state_dict(
         self,

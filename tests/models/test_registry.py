@@ -29,6 +29,7 @@ class Spec:
 CIFAR = (2, 3, 8, 8)  # 8 -> 4 -> 2 maps: every stage runs, BN sees > 1 value per channel
 IMAGENET = (2, 3, 32, 32)  # 32 -> 1x1 at layer4; batch 2 keeps train-mode BN defined
 MLP = {"in_features": 6, "out_features": 3, "depth": 3, "width": 8}
+TRANSFORMER = {"vocab_size": 10, "context": 8, "depth": 2, "width": 16, "heads": 2}
 RNN = {"input_size": 3, "hidden_size": 6, "num_layers": 2, "num_classes": 2}
 D_STEM = 28_640 - 9_408  # deep stem (3x3 convs 32, 32, 64 + 2 BN) minus the 7x7 conv
 
@@ -66,6 +67,13 @@ SPECS: dict[str, Spec] = {
     "highway_mlp": Spec((4, 6), MLP),
     "residual_lstm": Spec((2, 5, 3), RNN),
     "residual_gru": Spec((2, 5, 3), RNN),
+    # token-id inputs (not randn): forward, backward and the twin are in test_transformer.py.
+    # 7050 = embeddings 160 + 128, 2 blocks x 3280 (2 LN 64, qkv 816, proj 272, fc 1088,
+    # proj 1040), final LN 32, head 170; the classifier's head is 51.
+    "transformer_lm": Spec((2, 8), TRANSFORMER, params=7_050, run=False),
+    "transformer_classifier": Spec(
+        (2, 8), {**TRANSFORMER, "num_classes": 3}, params=6_931, run=False
+    ),
 }
 
 

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from skipkit.models import densenet, mlp, resnet, resnet_cifar, rnn, unet
+from skipkit.models import densenet, mlp, resnet, resnet_cifar, rnn, transformer, unet
 from skipkit.models._blocks import load_weights, read_state_dict
 from skipkit.models._registry import create, is_registered, list_models, register_model
 from skipkit.models.resnet import ResNet
@@ -28,5 +28,6 @@ __all__ = [
     "resnet",
     "resnet_cifar",
     "rnn",
+    "transformer",
     "unet",
 ]

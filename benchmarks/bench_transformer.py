@@ -1,0 +1,194 @@
+"""Transformer train steps: skipkit's residual stream against hand-written and single-stream.
+
+Run by hand (not a test)::
+
+    python benchmarks/bench_transformer.py                      # CPU, the sizes below
+    python benchmarks/bench_transformer.py --device cuda --batch 64 --context 256 --width 512
+    python benchmarks/bench_transformer.py --json out.json
+
+Two comparisons, in one run:
+
+1. **block**: a stack of ``depth`` pre-norm blocks built from ``skipkit.Residual(..., norm=
+   "layer")`` (the blocks of ``transformer_lm``) against the same stack written by hand
+   (``x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))``, nanoGPT's forward) sharing the very same
+   submodules, so only the residual wrapper differs. Target <= 1.02.
+2. **streams**: ``transformer_lm(residual="hyper")`` and ``"mhc"`` (4 streams, dynamic) against
+   ``residual="add"``, same sizes. Target <= 1.15.
+
+A train step is forward, loss, backward and an optimizer step (SGD for the block stack,
+AdamW for the models). The variants of each comparison run interleaved (A B C, then C B A,
+...) after warm-up steps, and the ratio of medians is reported, in wall time and in the
+process's CPU time (``process_time``; on a shared machine the steadier one). On CUDA the
+step is synchronized and wall time is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skipkit.models import create
+from skipkit.models.transformer import Transformer
+
+TARGET_BLOCK = 1.02
+TARGET_STREAMS = 1.15
+
+
+class HandWritten(nn.Module):
+    """The pre-norm stack of ``model`` written out by hand around the same submodules."""
+
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(
+            nn.ModuleList([b.attn.norm, b.attn.body, b.mlp.norm, b.mlp.body]) for b in model.blocks
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for ln_1, attn, ln_2, mlp in self.parts:  # type: ignore[misc]
+            x = x + attn(ln_1(x))
+            x = x + mlp(ln_2(x))
+        return x
+
+
+class SkipkitStack(nn.Module):
+    def __init__(self, model: Transformer) -> None:
+        super().__init__()
+        self.blocks = model.blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+def lm(args: argparse.Namespace, residual: str) -> Transformer:
+    torch.manual_seed(0)
+    model = create(
+        "transformer_lm",
+        vocab_size=args.vocab,
+        context=args.context,
+        depth=args.depth,
+        width=args.width,
+        heads=args.heads,
+        residual=residual,
+    )
+    assert isinstance(model, Transformer)
+    return model
+
+
+def step_fn(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, opt: torch.optim.Optimizer, lm_loss: bool
+) -> Callable[[], None]:
+    def step() -> None:
+        out = model(x)
+        loss = F.cross_entropy(out.flatten(0, 1), y.flatten()) if lm_loss else out.square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def timed(step: Callable[[], None], device: torch.device, iters: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds per step over ``iters`` steps."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    w, c = time.perf_counter(), time.process_time()
+    for _ in range(iters):
+        step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - w) / iters, (time.process_time() - c) / iters
+
+
+def compare(
+    steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, iters: int
+) -> dict[str, dict[str, float]]:
+    """Median wall / CPU seconds per step of each variant, interleaved, order alternating."""
+    for step in steps.values():
+        step()
+        step()
+    samples: dict[str, list[tuple[float, float]]] = {k: [] for k in steps}
+    names = list(steps)
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            samples[name].append(timed(steps[name], device, iters))
+    return {
+        name: {
+            "wall": statistics.median(s[0] for s in vals),
+            "cpu": statistics.median(s[1] for s in vals),
+        }
+        for name, vals in samples.items()
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--context", type=int, default=64)
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=256)
+    p.add_argument("--repeats", type=int, default=11)
+    p.add_argument("--iters", type=int, default=3)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", default=None, help="also write the numbers to this file")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    g = torch.Generator().manual_seed(1)
+    idx = torch.randint(0, args.vocab, (args.batch, args.context), generator=g).to(device)
+
+    base = lm(args, "add").to(device).train()
+    hand, ours = HandWritten(base), SkipkitStack(base)
+    h = torch.randn(args.batch, args.context, args.width, generator=g).to(device)
+    with torch.no_grad():
+        torch.testing.assert_close(hand(h), ours(h))  # the same function, the same weights
+    block_steps = {
+        name: step_fn(m, h, idx, torch.optim.SGD(m.parameters(), lr=1e-3), lm_loss=False)
+        for name, m in (("hand-written", hand), ("skipkit", ours))
+    }
+    block = compare(block_steps, device, args.repeats, args.iters)
+
+    models = {r: lm(args, r).to(device).train() for r in ("add", "hyper", "mhc")}
+    stream_steps = {
+        r: step_fn(m, idx, idx, torch.optim.AdamW(m.parameters(), lr=1e-4), lm_loss=True)
+        for r, m in models.items()
+    }
+    streams = compare(stream_steps, device, args.repeats, args.iters)
+
+    clock = "wall" if device.type == "cuda" else "cpu"
+    lines = [
+        f"device {device}, torch {torch.__version__}, {platform.machine()}, threads "
+        f"{torch.get_num_threads()}, batch {args.batch}, context {args.context}, width "
+        f"{args.width}, depth {args.depth}, {args.repeats} rounds x {args.iters} steps; ratios "
+        f"of {clock} medians",
+        f"block    hand-written {block['hand-written'][clock] * 1e3:8.1f} ms  skipkit "
+        f"{block['skipkit'][clock] * 1e3:8.1f} ms  ratio "
+        f"{block['skipkit'][clock] / block['hand-written'][clock]:.3f} (target <= {TARGET_BLOCK})",
+    ]
+    for r in ("hyper", "mhc"):
+        lines.append(
+            f"streams  add {streams['add'][clock] * 1e3:8.1f} ms  {r:5s} "
+            f"{streams[r][clock] * 1e3:8.1f} ms  ratio "
+            f"{streams[r][clock] / streams['add'][clock]:.3f} (target <= {TARGET_STREAMS})"
+        )
+    print("\n".join(lines))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "block": block, "streams": streams}, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,158 @@
+"""Multi-stream residuals: HyperConnection (HC) and mHC."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import skipkit as sk
+from skipkit.streams import StreamMix, composite_gain, sinkhorn
+
+D, S = 16, 4
+
+
+def mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(D, 2 * D), nn.GELU(), nn.Linear(2 * D, D))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def test_expand_and_reduce_streams() -> None:
+    x = torch.randn(2, 5, D)
+    h = sk.expand_streams(x, S)
+    assert h.shape == (2, 5, S, D)
+    assert all(torch.equal(h[..., i, :], x) for i in range(S))
+    torch.testing.assert_close(sk.reduce_streams(h), x)
+    with pytest.raises(ValueError, match="streams=0"):
+        sk.expand_streams(x, 0)
+
+
+@pytest.mark.parametrize("constraint", [None, "sinkhorn"])
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_at_init_equals_the_single_stream_pre_norm_network(
+    constraint: str | None, dynamic: bool
+) -> None:
+    bodies = [mlp() for _ in range(5)]
+    residual = nn.Sequential(*[sk.Residual(b, norm="layer") for b in bodies])
+    hyper = [
+        sk.HyperConnection(
+            b, S, layer_index=i, dynamic=dynamic, constraint=constraint, norm="layer"
+        )
+        for i, b in enumerate(bodies)
+    ]
+    for r, h in zip(residual, hyper, strict=True):  # the same norm weights too
+        nn.init.normal_(r.norm.weight)
+        h.norm.load_state_dict(r.norm.state_dict())
+    x = torch.randn(3, 7, D)
+    out = sk.expand_streams(x, S)
+    for hc in hyper:
+        out = hc(out)
+    torch.testing.assert_close(sk.reduce_streams(out), residual(x), atol=1e-5, rtol=1e-5)
+
+
+def test_sinkhorn_is_doubly_stochastic() -> None:
+    # logits spread by a few units, as in training; far wider spreads converge more slowly
+    m = sinkhorn(torch.randn(1000, S, S))
+    torch.testing.assert_close(m.sum(-1), torch.ones(1000, S), atol=1e-3, rtol=0)
+    torch.testing.assert_close(m.sum(-2), torch.ones(1000, S), atol=1e-3, rtol=0)
+    assert bool((m >= 0).all())
+
+
+def test_mhc_mixing_stays_doubly_stochastic_while_training() -> None:
+    layers = nn.ModuleList(
+        [sk.HyperConnection(mlp(), S, layer_index=i, constraint="sinkhorn") for i in range(3)]
+    )
+    opt = torch.optim.Adam(layers.parameters(), lr=0.2)
+    # distinct streams (not copies), so the mixing matters and its logits get large updates
+    x, target = torch.randn(8, 6, S, D), torch.randn(8, 6, D)
+    for _ in range(25):
+        h = x
+        for hc in layers:
+            mix = hc.shortcut
+            assert isinstance(mix, StreamMix)
+            for m in (mix.matrix(), mix.matrix(h)):  # static part, and per token
+                torch.testing.assert_close(m.sum(-1), torch.ones(m.shape[:-1]), atol=1e-3, rtol=0)
+                torch.testing.assert_close(m.sum(-2), torch.ones(m.shape[:-1]), atol=1e-3, rtol=0)
+                assert bool((m >= 0).all())
+            a_m, b = hc.coefficients(h)
+            assert bool((a_m >= 0).all()) and bool((b >= 0).all())
+            h = hc(h)
+        loss = (sk.reduce_streams(h) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    # training moved the mixing away from its init
+    init = StreamMix(S, D, dynamic=False, constraint="sinkhorn").static
+    assert float((layers[0].shortcut.static.detach() - init.detach()).abs().max()) > 1.0
+
+
+def test_composite_gain_bounded_for_mhc_not_for_hc() -> None:
+    hc = [sk.HyperConnection(mlp(), S, layer_index=i, dynamic=False) for i in range(8)]
+    mhc = [
+        sk.HyperConnection(mlp(), S, layer_index=i, dynamic=False, constraint="sinkhorn")
+        for i in range(8)
+    ]
+    with torch.no_grad():
+        for layer in hc + mhc:
+            layer.shortcut.static.add_(torch.rand(S, S) * 0.5)
+    assert composite_gain(mhc) == pytest.approx([1.0] * 8, abs=1e-3)
+    gains = composite_gain(hc)
+    assert gains[-1] > 10 * gains[0] > 10
+
+
+def test_plain_twin_drops_the_carried_streams() -> None:
+    hc = sk.HyperConnection(mlp(), S, layer_index=1, norm="layer")
+    assert isinstance(hc, sk.SkipModule)
+    h = torch.randn(2, 3, S, D)
+    a_m, b = hc.coefficients(h)
+    f = hc.layer(hc.norm(torch.einsum("...s,...sd->...d", a_m, h)))
+    written = b.unsqueeze(-1) * f.unsqueeze(-2)
+    torch.testing.assert_close(hc(h), hc.shortcut(h) + written)
+    with sk.skips_disabled(hc):
+        torch.testing.assert_close(hc(h), written)
+    assert hc.skip_enabled
+    info = hc.describe()
+    assert (info.kind, info.shortcut, info.merge) == ("HyperConnection", "StreamMix", "Add")
+
+
+def test_body_arguments_and_tuple_outputs_pass_through() -> None:
+    class WithState(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lin = nn.Linear(D, D)
+
+        def forward(self, x: torch.Tensor, scale: float) -> tuple[torch.Tensor, str]:
+            return self.lin(x) * scale, "state"
+
+    hc = sk.HyperConnection(WithState(), S, layer_index=0, dim=D)
+    y, state = hc(torch.randn(2, S, D), 0.0)
+    assert state == "state" and y.shape == (2, S, D)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "words"),
+    [
+        ({"constraint": "softmax"}, ["constraint='softmax'", "sinkhorn"]),
+        ({"streams": 0}, ["streams=0"]),
+        ({"layer_index": -1}, ["layer_index=-1"]),
+        ({"norm": "batch"}, ["norm='batch'"]),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, object], words: list[str]) -> None:
+    args: dict[str, object] = {"layer_index": 0, **kwargs}
+    with pytest.raises(ValueError) as info:
+        sk.HyperConnection(mlp(), **args)  # type: ignore[arg-type]
+    for w in words:
+        assert w in str(info.value)
+
+
+def test_width_must_be_known_and_streams_must_match() -> None:
+    with pytest.raises(ValueError, match="pass dim=D"):
+        sk.HyperConnection(nn.GELU(), S, layer_index=0)
+    hc = sk.HyperConnection(mlp(), S, layer_index=0)
+    with pytest.raises(ValueError, match="expand_streams"):
+        hc(torch.randn(2, 5, D))
