@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from skipkit._io import atomic_write_bytes, atomic_write_text
 from skipkit.experiments.degradation import DegradationResult, ModelRun
-from skipkit.train.checkpoint import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
