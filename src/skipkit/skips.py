@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from skipkit._checks import check_finite, check_probability
-from skipkit.merges import Merge, resolve_merge
+from skipkit.merges import Gate, Merge, resolve_merge
 from skipkit.protocol import PendingShortcut as PendingShortcut
 from skipkit.protocol import SkipInfo as SkipInfo
 from skipkit.protocol import SkipModule as SkipModule
@@ -376,8 +376,6 @@ class Highway(Residual):
         in_shape: Sequence[int] | None = None,
         layout: str | None = None,
     ) -> None:
-        from skipkit.merges import Gate
-
         super().__init__(
             body,
             shortcut=shortcut,

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
 from torch import nn
 
@@ -118,8 +119,6 @@ def _load_file(path: Path) -> dict[str, torch.Tensor]:
             "with neither a zip/pickle header nor a safetensors JSON header)"
         )
     if kind == "safetensors" or (kind == "?" and path.suffix == ".safetensors"):
-        import safetensors.torch
-
         try:
             return safetensors.torch.load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own error type for a corrupt header
