@@ -18,12 +18,14 @@ kind            what it builds
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skipkit._plan import ShapeDiff, analyse_shapes
 from skipkit.shapes import Layout, ShapeMismatchError, channel_dim, fmt_shape, resolve_layout
 
 ShortcutKind = Literal["auto", "identity", "project", "pad", "avgdown", "resample"]
@@ -168,19 +170,38 @@ def default_norm(spatial_dims: int) -> NormLayer:
     return _BN[spatial_dims]
 
 
-def _spatial_plan(s_in: Sequence[int], s_out: Sequence[int]) -> list[tuple[str, int]]:
-    """Per spatial dim: ("same", 1), ("stride", s), ("crop", out) or ("up", out)."""
-    plan: list[tuple[str, int]] = []
-    for a, b in zip(s_in, s_out, strict=True):
-        if a == b:
-            plan.append(("same", 1))
-        elif b > a:
-            plan.append(("up", b))
-        else:
-            # A stride-s conv with 'same'-style padding gives ceil(a / s); odd sizes included.
-            stride = next((s for s in range(2, a + 1) if -(-a // s) == b), None)
-            plan.append(("stride", stride) if stride is not None else ("crop", b))
-    return plan
+@dataclass(frozen=True)
+class _Job:
+    """One channels-first shortcut to build: the analysis, the channel counts and the norm."""
+
+    diff: ShapeDiff
+    c_in: int
+    c_out: int
+    norm: NormLayer | None
+    fail: Callable[..., ShapeMismatchError]
+
+    @property
+    def spatial(self) -> int:
+        return len(self.diff.skip) - 2
+
+    @property
+    def size_out(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.diff.branch[2:])  # type: ignore[arg-type]
+
+    def conv(self, stride: tuple[int, ...] | None = None) -> list[nn.Module]:
+        """The 1×1 conv projection (+ norm), strided by ``stride`` (default 1)."""
+        stride = stride or (1,) * self.spatial
+        ndim = len(self.diff.skip)
+        layers = [
+            pointwise(
+                self.c_in, self.c_out, ndim=ndim, layout="NC", stride=stride, bias=self.norm is None
+            )
+        ]
+        return [*layers, self.norm(self.c_out)] if self.norm is not None else layers
+
+    def with_conv(self, first: nn.Module) -> nn.Module:
+        """``first``, then a 1×1 projection when the channels change."""
+        return nn.Sequential(first, *self.conv()) if self.c_in != self.c_out else first
 
 
 def plan_shortcut(
@@ -194,6 +215,9 @@ def plan_shortcut(
     path: str | None = None,
 ) -> nn.Module:
     """Build the shortcut that maps a tensor shaped ``in_shape`` to fit ``out_shape``.
+
+    The shapes are compared by :func:`skipkit._plan.analyse_shapes`; one builder per kind
+    turns that analysis into modules.
 
     Args:
         in_shape: the skipped signal, e.g. ``(N, C, H, W)``.
@@ -217,30 +241,24 @@ def plan_shortcut(
     def fail(msg: str, *fixes: str) -> ShapeMismatchError:
         return ShapeMismatchError(msg, path=path, skip_shape=a, branch_shape=b, fixes=fixes)
 
-    custom = "pass shortcut=<an nn.Module mapping the input to the branch's shape>"
-    if len(a) != len(b):
+    lay = resolve_layout(layout, len(a))
+    diff = analyse_shapes(a, b, channel_axis=channel_dim(lay, len(a)))
+    if diff.rank_changed:
         raise fail(
             f"the body changes the tensor rank ({len(a)}-D input, {len(b)}-D output), "
             "which no shortcut can undo",
             "end the body with a layer that restores the rank (e.g. nn.Unflatten), "
             "or wrap only the layers that keep it",
-            custom,
+            _CUSTOM,
         )
-    if a[0] != b[0]:
-        raise fail(f"the body changes the batch size {a[0]} -> {b[0]}", custom)
+    if diff.batch_changed:
+        raise fail(f"the body changes the batch size {a[0]} -> {b[0]}", _CUSTOM)
 
-    lay = resolve_layout(layout, len(a))
-    cdim = channel_dim(lay, len(a))
-    c_in, c_out = a[cdim], b[cdim]
-    if not match_channels:
-        c_out = c_in
+    c_in = a[diff.channel_axis]
+    c_out = b[diff.channel_axis] if match_channels else c_in
     if lay != "NC":
-        return _plan_features_last(a, b, c_in, c_out, kind, lay, fail, custom)
-
-    spatial = len(a) - 2
-    plan = _spatial_plan(a[2:], b[2:])
-    same_space = all(p == "same" for p, _ in plan)
-    if same_space and c_in == c_out:
+        return _plan_features_last(diff, c_in, c_out, kind, lay, fail)
+    if diff.same_size and c_in == c_out:
         return nn.Identity()
     if kind == "identity":
         raise fail(
@@ -249,101 +267,120 @@ def plan_shortcut(
             "make the body keep its input's shape",
         )
     if not match_channels:
-        return _plan_spatial_only(plan, b[2:], kind, spatial, fail)
-
-    norm = default_norm(spatial) if norm_layer == "default" else norm_layer
-    strides = tuple(s if p == "stride" else 1 for p, s in plan)
-    modes = {p for p, _ in plan}
-
-    def conv(stride: tuple[int, ...] = (1,) * spatial) -> list[nn.Module]:
-        layers = [
-            pointwise(c_in, c_out, ndim=len(a), layout="NC", stride=stride, bias=norm is None)
-        ]
-        return [*layers, norm(c_out)] if norm is not None else layers
-
-    if kind == "pad":
-        if "up" in modes or "crop" in modes:
-            raise fail(
-                f"shortcut='pad' only subsamples by an integer stride; spatial size "
-                f"{fmt_shape(a[2:])} -> {fmt_shape(b[2:])} needs resampling",
-                "use shortcut='auto' or 'resample'",
-            )
-        if c_out < c_in:
-            raise fail(
-                f"shortcut='pad' cannot shrink channels {c_in} -> {c_out}",
-                "use shortcut='project'",
-            )
-        return ZeroPad(c_in, c_out, stride=strides, dim=1)
-    if kind == "avgdown":
-        if "up" in modes or "crop" in modes:
-            raise fail(
-                "shortcut='avgdown' only downsamples by an integer stride",
-                "use shortcut='auto' or 'resample'",
-            )
-        layers: list[nn.Module] = []
-        if any(s > 1 for s in strides):
-            layers.append(
-                _AVG[spatial](strides, stride=strides, ceil_mode=True, count_include_pad=False)
-            )
-        return nn.Sequential(*layers, *conv())
-    if kind == "resample" or "up" in modes:
-        if kind == "project" and "up" in modes:
-            raise fail("shortcut='project' cannot upsample", "use shortcut='auto' or 'resample'")
-        resample = _resampler(a[2:], b[2:])
-        return nn.Sequential(resample, *conv()) if c_in != c_out else resample
-    # kind in ("auto", "project"): downsampling, or only channels change.
-    if "crop" in modes:
-        crop = CenterCrop(b[2:])
-        return nn.Sequential(crop, *conv()) if c_in != c_out else crop
-    return nn.Sequential(*conv(strides))
+        return _plan_spatial_only(diff, kind, fail)
+    norm = default_norm(len(a) - 2) if norm_layer == "default" else norm_layer
+    return _BUILDERS[kind](_Job(diff, c_in, c_out, norm, fail))
 
 
-def _resampler(s_in: Sequence[int], s_out: Sequence[int]) -> Resample:
+_CUSTOM = "pass shortcut=<an nn.Module mapping the input to the branch's shape>"
+
+
+def _build_pad(job: _Job) -> nn.Module:
+    """Option A: subsample by the stride, zero channels; no parameters."""
+    if job.diff.kinds & {"up", "crop"}:
+        raise job.fail(
+            f"shortcut='pad' only subsamples by an integer stride; spatial size "
+            f"{fmt_shape(job.diff.skip[2:])} -> {fmt_shape(job.size_out)} needs resampling",
+            "use shortcut='auto' or 'resample'",
+        )
+    if job.c_out < job.c_in:
+        raise job.fail(
+            f"shortcut='pad' cannot shrink channels {job.c_in} -> {job.c_out}",
+            "use shortcut='project'",
+        )
+    return ZeroPad(job.c_in, job.c_out, stride=job.diff.strides, dim=1)
+
+
+def _build_avgdown(job: _Job) -> nn.Module:
+    """ResNet-D: average pool by the stride (ceil mode), then the 1×1 projection."""
+    if job.diff.kinds & {"up", "crop"}:
+        raise job.fail(
+            "shortcut='avgdown' only downsamples by an integer stride",
+            "use shortcut='auto' or 'resample'",
+        )
+    strides = job.diff.strides
+    layers: list[nn.Module] = []
+    if any(s > 1 for s in strides):
+        layers.append(
+            _AVG[job.spatial](strides, stride=strides, ceil_mode=True, count_include_pad=False)
+        )
+    return nn.Sequential(*layers, *job.conv())
+
+
+def _build_resample(job: _Job) -> nn.Module:
+    """Interpolate to the branch's size, then project the channels if they change."""
+    return job.with_conv(_resampler(job.diff))
+
+
+def _build_crop(job: _Job) -> nn.Module:
+    """Centre-crop to the branch's size (valid convolutions), then project the channels."""
+    return job.with_conv(CenterCrop(job.size_out))
+
+
+def _build_project(job: _Job) -> nn.Module:
+    """A strided 1×1 projection; a crop first when no stride gives the branch's size."""
+    if "up" in job.diff.kinds:
+        raise job.fail("shortcut='project' cannot upsample", "use shortcut='auto' or 'resample'")
+    if "crop" in job.diff.kinds:
+        return _build_crop(job)
+    return nn.Sequential(*job.conv(job.diff.strides))
+
+
+def _build_auto(job: _Job) -> nn.Module:
+    """Upsampling resamples; everything else projects."""
+    return _build_resample(job) if "up" in job.diff.kinds else _build_project(job)
+
+
+_BUILDERS: dict[str, Callable[[_Job], nn.Module]] = {
+    "auto": _build_auto,
+    "project": _build_project,
+    "pad": _build_pad,
+    "avgdown": _build_avgdown,
+    "resample": _build_resample,
+}
+
+
+def _resampler(diff: ShapeDiff) -> Resample:
     # An integer scale factor keeps working when the input size later changes.
-    if all(o % i == 0 and o >= i for i, o in zip(s_in, s_out, strict=True)):
-        return Resample(scale_factor=[o // i for i, o in zip(s_in, s_out, strict=True)])
-    return Resample(size=s_out)
+    if diff.scales is not None:
+        return Resample(scale_factor=diff.scales)
+    return Resample(size=[int(s) for s in diff.branch[2:]])  # type: ignore[arg-type]
 
 
 def _plan_spatial_only(
-    plan: list[tuple[str, int]],
-    s_out: Sequence[int],
-    kind: str,
-    spatial: int,
-    fail: Callable[..., ShapeMismatchError],
+    diff: ShapeDiff, kind: str, fail: Callable[..., ShapeMismatchError]
 ) -> nn.Module:
     """Concatenation: fit the spatial dims without touching channels (pool, crop, resample)."""
-    modes = {p for p, _ in plan}
-    strides = tuple(s if p == "stride" else 1 for p, s in plan)
-    if modes <= {"same", "stride"} and kind in ("auto", "avgdown", "project"):
-        return _AVG[spatial](strides, stride=strides, ceil_mode=True, count_include_pad=False)
-    if modes <= {"same", "stride"} and kind == "pad":
+    kinds, strides = diff.kinds, diff.strides
+    size_out = [int(s) for s in diff.branch[2:]]  # type: ignore[arg-type]
+    if kinds <= {"same", "stride"} and kind in ("auto", "avgdown", "project"):
+        return _AVG[len(strides)](strides, stride=strides, ceil_mode=True, count_include_pad=False)
+    if kinds <= {"same", "stride"} and kind == "pad":
         return ZeroPad(0, 0, stride=strides)
-    if modes <= {"same", "crop"} and kind in ("auto", "project"):
-        return CenterCrop(s_out)
+    if kinds <= {"same", "crop"} and kind in ("auto", "project"):
+        return CenterCrop(size_out)
     if kind in ("auto", "resample"):
-        return Resample(size=s_out)
+        return Resample(size=size_out)
     raise fail(f"shortcut={kind!r} cannot fit the spatial size", "use shortcut='auto'")
 
 
 def _plan_features_last(
-    a: tuple[int, ...],
-    b: tuple[int, ...],
+    diff: ShapeDiff,
     c_in: int,
     c_out: int,
     kind: str,
     layout: Layout,
     fail: Callable[..., ShapeMismatchError],
-    custom: str,
 ) -> nn.Module:
     """Vectors ``(N, F)`` and sequences ``(N, T, F)``: only the feature dim may change."""
-    if a[1:-1] != b[1:-1]:
+    a, b = diff.skip, diff.branch
+    if not diff.same_size:
         raise fail(
             f"the body changes the sequence/middle dims {fmt_shape(a[1:-1])} -> "
             f"{fmt_shape(b[1:-1])}; a {layout} shortcut only maps the last (feature) dim",
             "keep the sequence length in the body (e.g. return_sequences / full output)",
             "pass layout='NC' if dim 1 holds channels",
-            custom,
+            _CUSTOM,
         )
     if c_in == c_out:
         return nn.Identity()

@@ -47,6 +47,7 @@ from torch import nn
 
 from skipkit.diagnostics._probe import Batch, Probe, Trace, is_norm_layer, is_weight_layer
 from skipkit.diagnostics.gradflow import GradientFlow, measure
+from skipkit.surgery import SurgeryModule, add_skip
 
 log = logging.getLogger(__name__)
 
@@ -222,8 +223,6 @@ def apply(
         A :class:`skipkit.surgery.Grafted` wrapper (``model`` itself when there is nothing to
         add).
     """
-    from skipkit.surgery import add_skip
-
     net = model
     for s in suggestions:
         net = add_skip(
@@ -549,8 +548,6 @@ def _shape(shape: Sequence[int]) -> str:
 
 def _host_prefix(model: nn.Module) -> str:
     """Paths of a surgery wrapper's suggestions are relative to the model it wraps."""
-    from skipkit.surgery import SurgeryModule
-
     if isinstance(model, SurgeryModule):
         host = model.host()
         for name, m in model.named_modules():

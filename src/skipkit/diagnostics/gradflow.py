@@ -56,6 +56,7 @@ from skipkit.diagnostics._probe import (
     own_grad_norms,
     split_batch,
 )
+from skipkit.diagnostics.plot import plot_flow_in_time, plot_gradient_flow
 from skipkit.skips import SkipModule, materialize
 from skipkit.train import Callback
 
@@ -213,8 +214,6 @@ class GradientFlow:
 
     def plot(self, path: str, **kwargs: Any) -> None:
         """Gradient norm against depth (log scale); see :func:`plot_gradient_flow`."""
-        from skipkit.diagnostics.plot import plot_gradient_flow
-
         plot_gradient_flow([self], path, **kwargs)
 
 
@@ -486,6 +485,4 @@ class GradientFlowRecorder(Callback):
 
     def plot(self, path: str, *, key: str = "act_grad_norm") -> None:
         """A heat map of ``key`` over (training step, depth); see :func:`plot_flow_in_time`."""
-        from skipkit.diagnostics.plot import plot_flow_in_time
-
         plot_flow_in_time(self.history, path, key=key)

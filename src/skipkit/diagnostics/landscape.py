@@ -50,6 +50,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from skipkit.diagnostics.plot import plot_landscape
+from skipkit.train.checkpoint import atomic_write_bytes
+from skipkit.train.distributed import setup as setup_distributed
 
 log = logging.getLogger(__name__)
 
@@ -147,8 +152,6 @@ class Landscape:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write a ``.npz`` (no pickles; ``meta`` as JSON text). Returns the path."""
-        from skipkit.train.checkpoint import atomic_write_bytes
-
         arrays: dict[str, np.ndarray] = {
             "format": np.array(_FORMAT),
             "loss": self.loss,
@@ -187,8 +190,6 @@ class Landscape:
     def plot(self, path: str | os.PathLike[str], **kwargs: Any) -> None:
         """Contours, a 3-D surface and 1-D slices (2-D grids) or the curve (1-D);
         see :func:`skipkit.diagnostics.plot.plot_landscape`."""
-        from skipkit.diagnostics.plot import plot_landscape
-
         plot_landscape(self, path, **kwargs)
 
 
@@ -535,12 +536,10 @@ def _world(device: torch.device | None) -> tuple[int, int]:
     (nccl when the model is on a GPU, gloo otherwise)."""
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available():
         if not dist.is_initialized():
-            from skipkit.train.distributed import setup
-
             if device is not None and device.type == "cuda":
-                setup(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
+                setup_distributed(torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))))
             else:
-                setup(torch.device("cpu"))
+                setup_distributed(torch.device("cpu"))
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
@@ -581,8 +580,6 @@ def _scan(
     modes = [(m, m.training) for m in model.modules()]
     bar = None
     if progress and rank == 0 and todo:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(todo) * world, desc="landscape", unit="pt")
     last_write = time.monotonic()
     try:
@@ -723,8 +720,6 @@ class _Checkpoint:
             log.info("resuming landscape: %d of %d points already done", done.sum(), done.size)
 
     def write(self, loss: np.ndarray, acc: np.ndarray, done: np.ndarray) -> None:
-        from skipkit.train.checkpoint import atomic_write_bytes
-
         buf = io.BytesIO()
         np.savez(
             buf,

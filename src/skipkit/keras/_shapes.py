@@ -12,6 +12,8 @@ from typing import Any
 
 import keras
 
+# Re-exported: the stride search lives in the shared, framework-free shape analysis.
+from skipkit._plan import stride_for as stride_for
 from skipkit.errors import ShapeMismatchError
 
 Shape = tuple[int | None, ...]
@@ -93,22 +95,3 @@ def output_shape(layer: keras.layers.Layer, input_shape: Shape) -> Shape:
             "connection needs one output (pick one inside the body)"
         )
     return as_shape(spec.shape)
-
-
-def stride_for(size_in: int | None, size_out: int | None) -> int | None:
-    """The stride ``s`` of a 1x1 convolution with ``ceil(size_in / s) == size_out``.
-
-    ``1`` for equal sizes (both unknown included); ``None`` when no stride fits: the size grows,
-    only one side is known, or no integer works (``10 -> 6``). Odd sizes are fine: ``7 -> 4``
-    is stride 2, as a padded stride-2 convolution gives.
-    """
-    if size_in == size_out:
-        return 1
-    if size_in is None or size_out is None or size_out < 1 or size_out > size_in:
-        return None
-    s = max(2, size_in // size_out)
-    while -(-size_in // s) >= size_out:
-        if -(-size_in // s) == size_out:
-            return s
-        s += 1
-    return None

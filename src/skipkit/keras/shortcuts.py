@@ -16,7 +16,8 @@ from typing import Any
 
 import keras
 
-from skipkit.keras._shapes import Shape, channel_axis, fmt, mismatch, stride_for
+from skipkit._plan import analyse_shapes
+from skipkit.keras._shapes import Shape, channel_axis, fmt, mismatch
 
 _CONV = {3: keras.layers.Conv1D, 4: keras.layers.Conv2D, 5: keras.layers.Conv3D}
 
@@ -78,15 +79,16 @@ def plan_shortcut(
         )
     axis = channel_axis(data_format, rank)
     channels = in_shape[axis] if keep_channels else out_shape[axis]
-    strides: list[int] = []
-    for d in range(1, rank):
-        if d == axis:
-            continue
-        i, o = in_shape[d], out_shape[d]
-        if i is None and o is None and probe is not None:
-            i, o = probe[0][d], probe[1][d]
-        probed = " at a probe size" if in_shape[d] is None and out_shape[d] is None else ""
-        if not spatial and i is not None and o is not None and i != o:
+    # Dims unknown on both sides are compared at the probe's concrete size.
+    unknown = [in_shape[d] is None and out_shape[d] is None for d in range(rank)]
+    at = [probe[0][d] if u and probe else in_shape[d] for d, u in enumerate(unknown)]
+    to = [probe[1][d] if u and probe else out_shape[d] for d, u in enumerate(unknown)]
+    diff = analyse_shapes(at, to, channel_axis=axis)
+    others = [d for d in range(1, rank) if d != axis]
+    for d, fit in zip(others, diff.dims, strict=True):
+        i, o = fit.size_in, fit.size_out
+        probed = " at a probe size" if unknown[d] else ""
+        if not spatial and fit.kind not in ("same", "unknown"):
             raise mismatch(
                 path,
                 f"the sequence length (dim {d}) changes from {i} to {o}{probed}",
@@ -94,18 +96,18 @@ def plan_shortcut(
                 branch=out_shape,
                 fixes=_bad_dim_fixes(spatial, out_shape),
             )
-        s = stride_for(i, o)
-        if s is None:
-            if i is None or o is None:
-                why = f"dim {d} is known on one side only ({i} vs {o}), so no stride can be planned"
-            elif o > i:
-                why = f"dim {d} grows from {i} to {o}{probed}; a 1x1 shortcut can only downsample"
-            else:
-                why = f"dim {d} goes from {i} to {o}{probed}; no stride s gives ceil({i}/s) == {o}"
-            raise mismatch(
-                path, why, skip=in_shape, branch=out_shape, fixes=_bad_dim_fixes(spatial, out_shape)
-            )
-        strides.append(s)
+        if fit.kind in ("same", "stride"):
+            continue
+        if fit.kind == "unknown":
+            why = f"dim {d} is known on one side only ({i} vs {o}), so no stride can be planned"
+        elif fit.kind == "up":
+            why = f"dim {d} grows from {i} to {o}{probed}; a 1x1 shortcut can only downsample"
+        else:
+            why = f"dim {d} goes from {i} to {o}{probed}; no stride s gives ceil({i}/s) == {o}"
+        raise mismatch(
+            path, why, skip=in_shape, branch=out_shape, fixes=_bad_dim_fixes(spatial, out_shape)
+        )
+    strides = list(diff.strides)
     if channels is None:
         raise mismatch(
             path,

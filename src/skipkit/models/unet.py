@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skipkit._plan import analyse_shapes
 from skipkit.merges import Add, Concat, Merge
 from skipkit.models._blocks import BATCHNORM, CONV, WeightsSpec, check_dims, load_weights
 from skipkit.models._registry import register_model
@@ -218,10 +219,13 @@ class LongSkip(SkipModule):
 
     def _fit(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         s_enc, s_dec = tuple(skip.shape[2:]), tuple(branch.shape[2:])
-        if s_enc == s_dec:
+        # Decoder map -> encoder feature, per spatial dim ("up": the decoder map is smaller).
+        diff = analyse_shapes(tuple(branch.shape), (*branch.shape[:2], *s_enc), channel_axis=1)
+        if diff.same_size:
             return branch
+        shrinks = not diff.kinds <= {"same", "up"}
         if self.align == "pad":
-            if any(d > e for e, d in zip(s_enc, s_dec, strict=True)):
+            if shrinks:
                 raise self._fail(
                     f"align='pad' cannot pad the decoder map {fmt_shape(s_dec)} down to the "
                     f"encoder feature {fmt_shape(s_enc)}",
@@ -229,11 +233,11 @@ class LongSkip(SkipModule):
                     branch,
                 )
             pad: list[int] = []
-            for e, d in zip(reversed(s_enc), reversed(s_dec), strict=True):  # last dim first
-                pad += [(e - d) // 2, e - d - (e - d) // 2]
+            for fit in reversed(diff.dims):  # F.pad takes the last dim first
+                pad += fit.margins
             return F.pad(branch, pad)
         if self.align == "crop":
-            if any(e < d for e, d in zip(s_enc, s_dec, strict=True)):
+            if shrinks:
                 raise self._fail(
                     f"align='crop' cannot crop the encoder feature {fmt_shape(s_enc)} up to "
                     f"the decoder map {fmt_shape(s_dec)}",
