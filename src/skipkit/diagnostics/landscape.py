@@ -52,8 +52,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from skipkit._io import atomic_write_bytes
 from skipkit.diagnostics.plot import plot_landscape
-from skipkit.train.checkpoint import atomic_write_bytes
 from skipkit.train.distributed import setup as setup_distributed
 
 log = logging.getLogger(__name__)
