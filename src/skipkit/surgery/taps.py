@@ -96,6 +96,17 @@ def _one(name: str, values: list[Any]) -> Any:
     )
 
 
+def operation_names(model: nn.Module) -> list[str]:
+    """The torch.fx operation names :func:`taps` accepts for ``model``; none if fx cannot trace
+    it (only used to explain a wrong name, so a failed trace is not an error here)."""
+    tracer = _ScopeTracer()
+    try:
+        tracer.trace(model)
+    except Exception:  # tracing runs arbitrary user code
+        return []
+    return list(tracer.qualnames)
+
+
 class _ScopeTracer(torch.fx.Tracer):
     """An fx tracer naming each operation after the module whose forward contains it, and
     noting which node holds each module's output (leaf or not)."""
