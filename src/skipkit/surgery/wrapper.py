@@ -212,6 +212,9 @@ class SurgeryModule(nn.Module):
                     else f"neither src {show(skip.src)} nor dst {show(skip.dst)} ran"
                 )
                 self._begin()
+                why = _checkpointing_error(self.host())
+                if why is not None:
+                    raise RuntimeError(f"{skip.label}: {what} in this forward pass: {why}")
                 raise RuntimeError(
                     f"{skip.label}: {what} in this forward pass, so the added skip was not "
                     "applied (data-dependent control flow?). Fix: choose modules on the path "
@@ -396,7 +399,11 @@ def _loose_method(net: SurgeryModule, method: Callable[..., Any]) -> Callable[..
 
 # Model methods that turn on activation checkpointing, which recomputes dst in the backward
 # pass without src's output.
-_ENABLES_CHECKPOINTING = ("set_grad_checkpointing", "gradient_checkpointing_enable")
+_ENABLES_CHECKPOINTING = (
+    "set_grad_checkpointing",  # timm
+    "gradient_checkpointing_enable",  # Hugging Face
+    "activation_checkpointing_enable",  # Hugging Face, newer name
+)
 
 
 def _check_not_an_operation(host: nn.Module, path: str, what: str) -> None:
@@ -417,21 +424,28 @@ def _check_not_an_operation(host: nn.Module, path: str, what: str) -> None:
     )
 
 
-def _check_no_checkpointing(host: nn.Module) -> None:
+def _checkpointing_error(host: nn.Module) -> str | None:
+    """Why ``host`` cannot carry added skips while activation checkpointing is on, if it is."""
     on = [
         path or "<root>"
         for path, m in host.named_modules()
         if getattr(m, "grad_checkpointing", False) is True
         or getattr(m, "gradient_checkpointing", False) is True
     ]
-    if on:
-        raise ValueError(
-            f"activation checkpointing is on in {type(host).__name__} (at {', '.join(on[:3])}): "
-            "it recomputes modules in the backward pass without the outputs an added skip "
-            "joins, so add_skip cannot use the model as it is. Fix: turn it off first "
-            "(timm: model.set_grad_checkpointing(False); Hugging Face: "
-            "model.gradient_checkpointing_disable())"
-        )
+    if not on:
+        return None
+    return (
+        f"activation checkpointing is on in {type(host).__name__} (at {', '.join(on[:3])}): "
+        "it recomputes modules in the backward pass (and may call blocks around their "
+        "parents) without the outputs an added skip joins. Fix: turn it off (timm: "
+        "model.set_grad_checkpointing(False); Hugging Face: model.gradient_checkpointing_disable())"
+    )
+
+
+def _check_no_checkpointing(host: nn.Module) -> None:
+    why = _checkpointing_error(host)
+    if why is not None:
+        raise ValueError(why)
 
 
 def _refuse_checkpointing(name: str, *args: Any, **kwargs: Any) -> None:
