@@ -122,7 +122,7 @@ def test_save_pretrained_saves_the_inner_model_and_says_so(
     model = _bert()
     net = sk.add_skip(model, "embeddings", "encoder.layer.1", example={"input_ids": IDS})
     _open(net)
-    with caplog.at_level(logging.WARNING, logger="skipkit.surgery.wrapper"):
+    with caplog.at_level(logging.WARNING, logger="skipkit.surgery"):
         net.save_pretrained(tmp_path)
     assert "the 1 added skip(s) are in net.skips" in caplog.text
     again = transformers.BertModel.from_pretrained(tmp_path).eval()

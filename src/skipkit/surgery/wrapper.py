@@ -24,10 +24,9 @@ that calls submodules directly (``forward_features``) gets them too.
 from __future__ import annotations
 
 import functools
-import inspect
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -35,7 +34,7 @@ from torch import nn
 
 from skipkit.merges import Merge
 from skipkit.shapes import Layout, infer_layout, normalize_layout
-from skipkit.surgery import _paths
+from skipkit.surgery import _api, _paths
 from skipkit.surgery._paths import call, first_tensor, probe, resolve, show, version_of
 from skipkit.surgery.added import AddedSkip
 from skipkit.surgery.build import build_skip, check_order
@@ -212,7 +211,7 @@ class SurgeryModule(nn.Module):
                     else f"neither src {show(skip.src)} nor dst {show(skip.dst)} ran"
                 )
                 self._begin()
-                why = _checkpointing_error(self.host())
+                why = _api.checkpointing_error(self.host())
                 if why is not None:
                     raise RuntimeError(f"{skip.label}: {what} in this forward pass: {why}")
                 raise RuntimeError(
@@ -235,10 +234,10 @@ class SurgeryModule(nn.Module):
     ) -> None:
         """Probe once with the example, then build and install one AddedSkip per pair."""
         host = self.host()
-        _check_no_checkpointing(host)
+        _api.check_no_checkpointing(host)
         for src, dst in pairs:
             for path, what in ((src, "src"), (dst, "dst")):
-                _check_not_an_operation(host, path, what)
+                _api.check_not_an_operation(host, path, what)
                 resolve(host, path, what=what)
             if src == dst:
                 raise ValueError(
@@ -344,7 +343,7 @@ class Grafted(SurgeryModule):
         except AttributeError:
             if name.startswith("__") or "_modules" not in self.__dict__:
                 raise  # copying / unpickling asks before the model is there
-        return _pass_through(self, self._modules.get("model"), name)
+        return _api.pass_through(self, self._modules.get("model"), name)
 
 
 def _pass_start(net: SurgeryModule, module: nn.Module, args: Any) -> None:
@@ -353,111 +352,6 @@ def _pass_start(net: SurgeryModule, module: nn.Module, args: Any) -> None:
 
 def _pass_stop(net: SurgeryModule, module: nn.Module, args: Any, output: Any) -> None:
     net._close_pass()
-
-
-def _pass_through(net: SurgeryModule, model: nn.Module | None, name: str) -> Any:
-    """``model.<name>``, with its methods run inside the wrapper's skips."""
-    if model is None:
-        raise AttributeError(f"{type(net).__name__} has no attribute {name!r}")
-    try:
-        value = getattr(model, name)
-    except AttributeError:
-        raise AttributeError(
-            f"neither {type(net).__name__} nor the model it wraps ({type(model).__name__}) "
-            f"has an attribute {name!r}"
-        ) from None
-    if name in _ENABLES_CHECKPOINTING:
-        return functools.partial(_refuse_checkpointing, name)
-    if not inspect.ismethod(value) or value.__self__ is not model:
-        return value
-    if name == "save_pretrained":
-        log.warning(
-            "save_pretrained saves the wrapped %s only; the %d added skip(s) are in "
-            "net.skips: save net.state_dict() (or net.skips.state_dict()) for them",
-            type(model).__name__,
-            len(net.skips),
-        )
-        return value
-    return _loose_method(net, value)
-
-
-def _loose_method(net: SurgeryModule, method: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(method)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        # Submodules the method calls directly join as in a pass; each call of the model
-        # itself (generate's loop) is still a pass of its own.
-        net._loose += 1
-        try:
-            return method(*args, **kwargs)
-        finally:
-            net._loose -= 1
-            if net._loose == 0 and net._depth == 0:
-                net._begin()
-
-    return run
-
-
-# Model methods that turn on activation checkpointing, which recomputes dst in the backward
-# pass without src's output.
-_ENABLES_CHECKPOINTING = (
-    "set_grad_checkpointing",  # timm
-    "gradient_checkpointing_enable",  # Hugging Face
-    "activation_checkpointing_enable",  # Hugging Face, newer name
-)
-
-
-def _check_not_an_operation(host: nn.Module, path: str, what: str) -> None:
-    """A torch.fx operation name (``"layer1.0.add"``, as :func:`taps` takes) gets its own error."""
-    if not isinstance(path, str) or path in _paths.module_paths(host):
-        return
-    from skipkit.surgery.taps import operation_names  # taps imports this module
-
-    ops = operation_names(host)
-    if path not in ops:
-        return
-    scope = path.rsplit(".", 1)[0] if "." in path else ""
-    raise ValueError(
-        f"{what} {path!r} is an operation in the forward of {show(scope)} (a torch.fx name), "
-        "not a submodule: operation names work in taps() only, while add_skip joins module "
-        f"outputs with hooks. Fix: pass a submodule path, e.g. the module whose output it is "
-        f"({show(scope)} when the operation ends its forward)"
-    )
-
-
-def _checkpointing_error(host: nn.Module) -> str | None:
-    """Why ``host`` cannot carry added skips while activation checkpointing is on, if it is."""
-    on = [
-        path or "<root>"
-        for path, m in host.named_modules()
-        if getattr(m, "grad_checkpointing", False) is True
-        or getattr(m, "gradient_checkpointing", False) is True
-    ]
-    if not on:
-        return None
-    return (
-        f"activation checkpointing is on in {type(host).__name__} (at {', '.join(on[:3])}): "
-        "it recomputes modules in the backward pass (and may call blocks around their "
-        "parents) without the outputs an added skip joins. Fix: turn it off (timm: "
-        "model.set_grad_checkpointing(False); Hugging Face: model.gradient_checkpointing_disable())"
-    )
-
-
-def _check_no_checkpointing(host: nn.Module) -> None:
-    why = _checkpointing_error(host)
-    if why is not None:
-        raise ValueError(why)
-
-
-def _refuse_checkpointing(name: str, *args: Any, **kwargs: Any) -> None:
-    enable = args[0] if args else kwargs.get("enable", True)
-    if name == "set_grad_checkpointing" and not enable:
-        return
-    raise ValueError(
-        f"{name}: activation checkpointing recomputes modules in the backward pass, without "
-        "the outputs an added skip joins, so a model with added skips cannot use it. Fix: "
-        "train without checkpointing, or add the skips as modules of the model (skipkit."
-        "Residual) instead of with add_skip"
-    )
 
 
 class Connected(SurgeryModule):
@@ -520,4 +414,4 @@ class Connected(SurgeryModule):
         except AttributeError:
             if name.startswith("__") or "_modules" not in self.__dict__:
                 raise
-        return _pass_through(self, self._modules.get("b"), name)
+        return _api.pass_through(self, self._modules.get("b"), name)
