@@ -264,7 +264,8 @@ class Highway(Residual):
     Args:
         body: the transform ``H``: a Keras layer, ``keras.Sequential`` or list of layers.
         gate_bias: initial bias of the transform gate; negative favours carrying ``x``.
-        shortcut, post, data_format, **kwargs: as for :class:`Residual`.
+        shortcut, post, data_format: as for :class:`Residual`.
+        **kwargs: as for :class:`Residual`.
     """
 
     def __init__(

@@ -47,7 +47,8 @@ def taps(
         model: any module; for a wrapper from :func:`skipkit.add_skip` /
             :func:`skipkit.connect` the names are those of the wrapped model(s).
         names: submodule paths (hooks), or operation names from torch.fx tracing.
-        *args, **kwargs: the model's input.
+        *args: the model's positional input.
+        **kwargs: the model's keyword input.
 
     Returns:
         ``(output, {name: tensor})`` (a submodule returning a tuple gives the tuple).
