@@ -250,3 +250,24 @@ def test_one_safe_load_weights(tmp_path: Path) -> None:
     (tmp_path / "dir.pt").mkdir()
     with pytest.raises(CheckpointError, match=r"dir\.pt: is a folder"):
         read_state_dict(tmp_path / "dir.pt")
+
+
+def test_safetensors_whose_header_length_starts_with_0x80_is_not_read_as_a_pickle(
+    tmp_path: Path,
+) -> None:
+    import safetensors.torch
+
+    from skipkit._io import read_state_dict
+
+    # find a state_dict whose safetensors header length has 0x80 as its first byte
+    for n in range(1, 400):
+        state = {"w" * n: torch.zeros(1)}
+        data = safetensors.torch.save(state)
+        if data[0] == 0x80:
+            break
+    else:
+        pytest.fail("no header length starting with 0x80 found")
+    for name in ("w.safetensors", "w.bin"):
+        (tmp_path / name).write_bytes(data)
+        got = read_state_dict(tmp_path / name)
+        assert list(got) == list(state) and torch.equal(got["w" * n], state["w" * n])

@@ -165,7 +165,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     data = read_regular_bytes(path, what="weights file")
     if not data:
         raise CheckpointError("is empty; expected safetensors or torch.save weights", path=path)
-    if data[:4] == b"PK\x03\x04" or data[:1] == b"\x80":
+    # a zip or a pickle; a safetensors header length may also start with byte 0x80
+    torch_like = data[:4] == b"PK\x03\x04" or data[:1] == b"\x80"
+    if torch_like and not (_looks_like_safetensors(data) or path.suffix == ".safetensors"):
         try:
             obj = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for a corrupt or unsafe file
@@ -186,6 +188,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         "zip/pickle header nor a safetensors JSON header)",
         path=path,
     )
+
+
+def _looks_like_safetensors(data: bytes) -> bool:
+    """An 8-byte little-endian header length that fits the file, then a JSON object."""
+    if len(data) < 10 or data[8:9] != b"{":
+        return False
+    return 8 + int.from_bytes(data[:8], "little") <= len(data)
 
 
 def _torch_reason(exc: Exception) -> str:

@@ -1,4 +1,5 @@
-"""Keras tests run on the torch backend (no TensorFlow needed); it must be set before import."""
+"""Keras tests run on the backend the user set (``KERAS_BACKEND=jax pytest tests/keras``), else on
+torch, which the dev install always has. It must be set before Keras is imported."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 
 import pytest
 
-os.environ["KERAS_BACKEND"] = "torch"
+os.environ.setdefault("KERAS_BACKEND", "torch")
 keras = pytest.importorskip("keras", minversion="3.3")
 
 

@@ -341,7 +341,7 @@ def test_functional_fit_reduces_loss() -> None:
     assert last < 0.7 * first
 
 
-class _Subclassed(keras.Model):
+class TwoBlockModel(keras.Model):
     def __init__(self) -> None:
         super().__init__()
         self.block1 = Residual(L.Dense(16, activation="relu"))
@@ -353,7 +353,7 @@ class _Subclassed(keras.Model):
 
 
 def test_subclassed_model_fit_reduces_loss() -> None:
-    model = _Subclassed()
+    model = TwoBlockModel()
     first, last = _fit_loss(model)
     assert last < 0.7 * first
     # the projection and the gate are trained too
@@ -379,7 +379,7 @@ def test_core_does_not_import_keras(tmp_path: object) -> None:
         "try:\n"
         "    import skipkit.keras\n"
         "except ImportError as err:\n"
-        "    assert 'pip install skipkit[keras]' in str(err), err\n"
+        "    assert 'pip install \"skipkit[keras]\"' in str(err), err\n"
         "else:\n"
         "    raise SystemExit('no ImportError')\n"
     )

@@ -1,7 +1,7 @@
 """Keras 3 skip connections (any backend): ``Residual``, ``Highway``, ``DenseBlock``.
 
-``pip install skipkit[keras]``, pick a backend (``KERAS_BACKEND=torch`` needs no TensorFlow),
-then::
+``pip install "skipkit[keras]"`` beside a backend (TensorFlow, JAX or PyTorch; pick it with
+``KERAS_BACKEND``), then::
 
     import keras
     from skipkit.keras import Residual
@@ -13,7 +13,8 @@ then::
         keras.layers.Dense(1, activation="sigmoid"),
     ])
 
-The core package never imports Keras; only this subpackage does.
+The core package never imports Keras; only this subpackage does. This subpackage never
+imports PyTorch (unless it is the Keras backend): a TensorFlow or JAX user needs no torch.
 """
 
 from __future__ import annotations
@@ -21,14 +22,20 @@ from __future__ import annotations
 try:
     import keras
 except ImportError as err:  # pragma: no cover - exercised in a subprocess test
+    if err.name not in (None, "keras"):  # Keras is there; its backend is not
+        raise ImportError(
+            f"Keras is installed but its backend failed to import ({err}). Install the backend "
+            "(pip install torch | jax | tensorflow) or choose an installed one with "
+            "KERAS_BACKEND=torch|jax|tensorflow before importing keras"
+        ) from err
     raise ImportError(
-        "skipkit.keras needs Keras 3: pip install skipkit[keras] (or pip install 'keras>=3.3')"
+        'skipkit.keras needs Keras 3: pip install "skipkit[keras]" (or pip install "keras>=3.3")'
     ) from err
 
 if int(keras.__version__.split(".")[0]) < 3:  # pragma: no cover - Keras 2 is not supported
     raise ImportError(
         f"skipkit.keras needs Keras 3, found keras {keras.__version__}: "
-        "pip install skipkit[keras] (or pip install -U 'keras>=3.3')"
+        'pip install "skipkit[keras]" (or pip install -U "keras>=3.3")'
     )
 
 from skipkit.errors import ShapeMismatchError

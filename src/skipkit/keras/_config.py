@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+import inspect
+from collections.abc import Callable, Sequence
 from typing import Any, TypeAlias
 
 import keras
@@ -10,6 +12,7 @@ import keras
 DATA_FORMATS = (None, "channels_last", "channels_first")
 
 LayerLike: TypeAlias = "keras.layers.Layer | Sequence[keras.layers.Layer]"
+PostLike: TypeAlias = "str | Callable[[Any], Any] | keras.layers.Layer | None"
 
 
 def as_layer(obj: Any, what: str) -> keras.layers.Layer:
@@ -21,10 +24,14 @@ def as_layer(obj: Any, what: str) -> keras.layers.Layer:
         and obj
         and all(isinstance(o, keras.layers.Layer) for o in obj)
     ):
-        return keras.Sequential(list(obj))
+        seq = keras.Sequential(list(obj))
+        # Sequential passes a mask layer to layer but does not declare it; a skip's body keeps
+        # its steps (checked at build), so the input mask stays valid on its output.
+        seq.supports_masking = True
+        return seq
     raise TypeError(
         f"{what} must be a Keras layer or a non-empty list of layers, got {type(obj).__name__}; "
-        "wrap a plain function in keras.layers.Lambda or a Layer subclass"
+        "wrap a plain function in a Layer subclass (or keras.layers.Activation)"
     )
 
 
@@ -53,3 +60,61 @@ def check_data_format(data_format: str | None) -> None:
         raise ValueError(
             f"data_format must be 'channels_last' or 'channels_first', got {data_format!r}"
         )
+
+
+@functools.cache
+def _takes_mask(cls: Any) -> bool:  # cls: a Layer subclass
+    return "mask" in inspect.signature(cls.call).parameters
+
+
+def call_masked(layer: keras.layers.Layer, x: Any, mask: Any) -> Any:
+    """``layer(x, mask=mask)`` when the layer's ``call`` takes a mask (RNNs, attention,
+    ``Sequential``), else ``layer(x)``: a skip passes its mask on as Keras' own layers do."""
+    if mask is not None and _takes_mask(layer.__class__):
+        return layer(x, mask=mask)
+    return layer(x)
+
+
+def activation_fn(name: str) -> Any:
+    """A post activation by name: a registered function (``"package>name"``) or a Keras one."""
+    found = keras.saving.get_registered_object(name)
+    return name if found is None else found
+
+
+def function_name(fn: Callable[[Any], Any], path: str) -> str:
+    """The name under which ``fn`` round-trips through a ``.keras`` file.
+
+    Raises:
+        ValueError: ``fn`` is neither a Keras activation nor registered with
+            ``keras.saving.register_keras_serializable``, so a loaded model could not find it.
+    """
+    name = keras.saving.get_registered_name(fn)
+    if keras.saving.get_registered_object(name) is fn:
+        return str(name)  # "package>name"
+    bare = getattr(fn, "__name__", "")
+    try:
+        if keras.activations.get(bare) is fn:
+            return str(bare)  # keras.activations.relu -> "relu"
+    except ValueError:
+        pass
+    raise ValueError(
+        f"{path}: post={bare or fn!r} is a plain function, which a .keras file cannot name, so "
+        "the model cannot be saved. Fix: pass the Keras activation's name (post='relu'), or "
+        "decorate the function with @keras.saving.register_keras_serializable()"
+    )
+
+
+def as_post(post: PostLike) -> keras.layers.Layer | None:
+    """The layer applied after the merge: an ``Activation`` for a name or a function."""
+    if post is None:
+        return None
+    if isinstance(post, str):
+        return keras.layers.Activation(activation_fn(post), name="post")
+    if isinstance(post, keras.layers.Layer) or isinstance(post, (list, tuple)):
+        return as_layer(post, "post")
+    if callable(post):
+        return keras.layers.Activation(post, name="post")
+    raise TypeError(
+        "post must be an activation name, a function, a Keras layer or None, "
+        f"got {type(post).__name__}"
+    )

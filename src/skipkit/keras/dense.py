@@ -13,7 +13,14 @@ from typing import Any
 
 import keras
 
-from skipkit.keras._config import LayerLike, as_layer, check_data_format, deserialize, serialize
+from skipkit.keras._config import (
+    LayerLike,
+    as_layer,
+    call_masked,
+    check_data_format,
+    deserialize,
+    serialize,
+)
 from skipkit.keras._shapes import (
     Shape,
     as_shape,
@@ -71,7 +78,8 @@ class DenseBlock(keras.layers.Layer):
 
     Shapes: ``(N, …, C) -> (N, …, C + L * g)`` for ``L`` layers adding ``g`` (growth) channels
     each; the concatenation is on the channel axis (last, or 1 for channels first). Each layer
-    must keep every other dim (``padding="same"``, stride 1, ``return_sequences=True``).
+    must keep every other dim (``padding="same"``, stride 1, ``return_sequences=True``), so an
+    input mask (``Masking``, ``Embedding(mask_zero=True)``) reaches each layer and passes on.
 
     Args:
         make_layer: ``make_layer(in_channels, growth) -> layer`` mapping
@@ -108,6 +116,7 @@ class DenseBlock(keras.layers.Layer):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.supports_masking = True  # every layer keeps the steps, so the mask stays valid
         check_data_format(data_format)
         self.make_layer: MakeLayer | None = None
         self.block_layers: list[keras.layers.Layer] | None = None
@@ -195,11 +204,11 @@ class DenseBlock(keras.layers.Layer):
         out[self._axis] = None if c is None or g is None else c + g
         return tuple(out)
 
-    def call(self, x: Any) -> Any:
+    def call(self, x: Any, mask: Any = None) -> Any:
         assert self.block_layers is not None, "layers are made in build"
-        features = x  # (N, …, C)
+        features = x  # (N, …, C); mask: (N, T) for sequences
         for layer in self.block_layers:
-            h = layer(features)  # (N, …, g)
+            h = call_masked(layer, features, mask)  # (N, …, g)
             features = keras.ops.concatenate([features, h], axis=self._axis)
         return features  # (N, …, C + L * g)
 

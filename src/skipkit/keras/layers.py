@@ -19,10 +19,14 @@ import keras
 
 from skipkit.keras._config import (
     LayerLike,
+    PostLike,
     as_layer,
+    as_post,
+    call_masked,
     check_choice,
     check_data_format,
     deserialize,
+    function_name,
     serialize,
 )
 from skipkit.keras._shapes import (
@@ -65,10 +69,15 @@ class Residual(keras.layers.Layer):
             ``T * body(x) + (1 - T) * shortcut(x)``), ``"rezero"`` (``x + alpha * body(x)``,
             ``alpha`` starts at 0), or a merge layer called on ``[skip, branch]``
             (:class:`Add`, :class:`Concat`, :class:`Gate`, :class:`Scale`, ``keras.layers.*``).
-        post: applied after the merge: an activation name (``"relu"``), a layer, or ``None``.
+        post: applied after the merge: an activation name (``"relu"``), a function
+            (``keras.activations.relu``; to save the model, a Keras activation or one registered
+            with ``keras.saving.register_keras_serializable``), a layer, or ``None``.
         data_format: ``"channels_last"`` / ``"channels_first"``; by default that of the body's
             convolutions, else channels last.
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``, ``trainable``).
+
+    Masks (``Masking``, ``Embedding(mask_zero=True)``) reach every sublayer whose ``call``
+    takes one and pass on to the next layer, so padded steps change nothing on the valid ones.
 
     Raises:
         ShapeMismatchError: at build, when no shortcut can make ``x`` fit the body's output
@@ -86,11 +95,12 @@ class Residual(keras.layers.Layer):
         *,
         shortcut: str | keras.layers.Layer = "auto",
         merge: str | keras.layers.Layer = "add",
-        post: str | keras.layers.Layer | None = None,
+        post: PostLike = None,
         data_format: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.supports_masking = True
         check_choice(shortcut, _SHORTCUTS, "shortcut")
         check_choice(merge, _MERGES, "merge")
         check_data_format(data_format)
@@ -107,11 +117,10 @@ class Residual(keras.layers.Layer):
             None if isinstance(merge, str) else as_layer(merge, "merge")
         )
         self.post_spec = post if isinstance(post, str) else None
-        self.post: keras.layers.Layer | None
-        if isinstance(post, str):
-            self.post = keras.layers.Activation(post, name="post")
-        else:
-            self.post = None if post is None else as_layer(post, "post")
+        # A plain function is named only when the layer is saved (an unregistered one cannot be).
+        self.post_fn = post if callable(post) and not isinstance(post, keras.layers.Layer) else None
+        self.post: keras.layers.Layer | None = as_post(post)
+        self._keeps_steps = True  # set in build: the output has the input's steps / positions
 
     def _make_merge(self, name: str, data_format: str, rank: int) -> keras.layers.Layer:
         kw: dict[str, Any] = {"dtype": self.dtype_policy, "name": "merge"}
@@ -149,6 +158,10 @@ class Residual(keras.layers.Layer):
         # (N, …, C) -> (N, …', C'), or (N, …', C) before a concat
         s_shape = x_shape if self.shortcut is None else output_shape(self.shortcut, x_shape)
         self._check_join(s_shape, h_shape, data_format, joins_channels)
+        axis = channel_axis(data_format, rank)
+        self._keeps_steps = len(h_shape) == rank and all(
+            x_shape[d] == h_shape[d] for d in range(1, rank) if d != axis
+        )
         if not self.merge.built:  # a deserialized merge layer comes built
             self.merge.build([s_shape, h_shape])
         if self.post is not None:
@@ -196,12 +209,18 @@ class Residual(keras.layers.Layer):
             fixes=fixes,
         )
 
-    def call(self, x: Any) -> Any:
-        s = x if self.shortcut is None else self.shortcut(x)  # skip:   (N, …', C' or C)
-        h = self.body(x)  # branch: (N, …', C')
+    def call(self, x: Any, mask: Any = None) -> Any:
+        # mask: (N, T) for sequences, passed to the layers that use it (LSTM, attention)
+        s = x if self.shortcut is None else call_masked(self.shortcut, x, mask)  # (N, …', C' or C)
+        h = call_masked(self.body, x, mask)  # branch: (N, …', C')
         assert self.merge is not None, "merge is made in build"
         y = self.merge([s, h])
-        return y if self.post is None else self.post(y)
+        return y if self.post is None else call_masked(self.post, y, self.compute_mask(x, mask))
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        """The input's mask while the block keeps its steps (as a Keras ``Add`` of the two
+        paths gives); ``None`` once a strided body changes the positions."""
+        return mask if self._keeps_steps else None
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         x_shape = as_shape(input_shape)
@@ -219,7 +238,8 @@ class Residual(keras.layers.Layer):
             body=serialize(self.body),
             shortcut=self.shortcut_spec or serialize(self.shortcut),
             merge=self.merge_spec or serialize(self.merge),
-            post=self.post_spec or serialize(self.post),
+            post=self.post_spec
+            or (function_name(self.post_fn, self.name) if self.post_fn else serialize(self.post)),
             data_format=self.data_format,
         )
         return config
@@ -244,7 +264,8 @@ class Highway(Residual):
     Args:
         body: the transform ``H``: a Keras layer, ``keras.Sequential`` or list of layers.
         gate_bias: initial bias of the transform gate; negative favours carrying ``x``.
-        shortcut, post, data_format, **kwargs: as for :class:`Residual`.
+        shortcut, post, data_format: as for :class:`Residual`.
+        **kwargs: as for :class:`Residual`.
     """
 
     def __init__(
@@ -253,7 +274,7 @@ class Highway(Residual):
         *,
         gate_bias: float = -2.0,
         shortcut: str | keras.layers.Layer = "auto",
-        post: str | keras.layers.Layer | None = None,
+        post: PostLike = None,
         data_format: str | None = None,
         **kwargs: Any,
     ) -> None:

@@ -19,8 +19,23 @@ _register = keras.saving.register_keras_serializable(package="skipkit")
 _CONV = {3: keras.layers.Conv1D, 4: keras.layers.Conv2D, 5: keras.layers.Conv3D}
 
 
+class _MaskedMerge(keras.layers.Layer):
+    """A merge of ``[skip, branch]`` that keeps masks: a step is valid where both paths are
+    (a path without a mask is valid everywhere)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
+        masks = [m for m in (mask or ()) if m is not None]
+        if len(masks) < 2:
+            return masks[0] if masks else None
+        return ops.logical_and(masks[0], masks[1])
+
+
 @_register
-class Add(keras.layers.Layer):
+class Add(_MaskedMerge):
     """``y = skip + branch``; both ``(N, …)`` of one shape."""
 
     joins_channels = False
@@ -34,7 +49,7 @@ class Add(keras.layers.Layer):
 
 
 @_register
-class Concat(keras.layers.Layer):
+class Concat(_MaskedMerge):
     """``y = concat([skip, branch], axis)``: ``(N, …, C) + (N, …, C') -> (N, …, C + C')``.
 
     Args:
@@ -63,7 +78,7 @@ class Concat(keras.layers.Layer):
 
 
 @_register
-class Gate(keras.layers.Layer):
+class Gate(_MaskedMerge):
     """Highway gate: ``T = sigmoid(W s + b)``, ``y = T * branch + (1 - T) * skip``.
 
     ``W`` is a ``Dense`` on the channel axis (a 1x1 convolution for channels-first maps) from
@@ -114,7 +129,7 @@ class Gate(keras.layers.Layer):
 
 
 @_register
-class Scale(keras.layers.Layer):
+class Scale(_MaskedMerge):
     """``y = skip + alpha * branch`` with a learned ``alpha`` (ReZero, LayerScale).
 
     ``Scale()`` is ReZero (Bachlechner et al. 2020): one scalar ``alpha`` starting at 0, so the

@@ -1,5 +1,6 @@
 """Module paths: resolving them with "did you mean" errors, and one probing forward pass that
-records, per path, how often the module ran, in which order it finished, and its output."""
+records, per path, how often the module ran, in which order it finished, and its output, and
+where the channels of the layers that ran are (the layouts of the tensors it saw)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from skipkit.shapes import close_matches
+from skipkit.shapes import Layout, close_matches
 
 
 def show(path: str) -> str:
@@ -22,6 +23,9 @@ def show(path: str) -> str:
 def module_paths(root: nn.Module) -> dict[str, nn.Module]:
     """Every submodule by every path (a module registered twice appears under both)."""
     return dict(root.named_modules(remove_duplicate=False))
+
+
+_LIST_ALL = 24  # models with at most this many paths list them all in an unknown-path error
 
 
 def unknown_path_error(
@@ -38,9 +42,12 @@ def unknown_path_error(
         by_type = [(n, type(m).__name__) for n, m in modules.items() if n]
         hint = [f"{n!r} ({t})" for n, t in by_type if t.lower() == tail.lower()][:3]
     did_you_mean = f" Did you mean {', '.join(hint)}?" if hint else ""
+    if len(names) <= _LIST_ALL:  # a small model: every choice fits in the message
+        listing = f"(its submodules: {', '.join(map(repr, names))})"
+    else:
+        listing = "(list the paths with [name for name, _ in model.named_modules()])"
     return ValueError(
-        f"{what} {path!r} is not a submodule of {type(root).__name__}.{did_you_mean} "
-        "(list the paths with [name for name, _ in model.named_modules()])"
+        f"{what} {path!r} is not a submodule of {type(root).__name__}.{did_you_mean} {listing}"
     )
 
 
@@ -120,15 +127,66 @@ def eval_no_grad(module: nn.Module) -> Iterator[None]:
             m.training = mode
 
 
+@dataclasses.dataclass(frozen=True)
+class Leaf:
+    """A layer with a channel count that ran in the probe: where it is and what it gave."""
+
+    path: str
+    channels: int
+    shape: tuple[int, ...]
+
+
+_CHANNEL_ATTRS = ("out_channels", "out_features", "num_features", "num_channels", "embedding_dim")
+
+
+def channel_count(module: nn.Module) -> int | None:
+    """The channels / features a leaf layer gives (Conv, Linear, norms, Embedding), if it says."""
+    if next(module.children(), None) is not None:
+        return None
+    for attr in _CHANNEL_ATTRS:
+        value = getattr(module, attr, None)
+        if isinstance(value, int):
+            return value
+    shape = getattr(module, "normalized_shape", None)  # LayerNorm and its subclasses
+    if isinstance(shape, tuple | list) and shape and isinstance(shape[-1], int):
+        return int(shape[-1])
+    return None
+
+
+def observed_layout(path: str, shape: tuple[int, ...], leaves: list[Leaf]) -> Layout | None:
+    """Where the channels of a tensor of ``shape``, the output of ``path``, are.
+
+    Read from the tensors, not the module classes: the last layer inside ``path`` with a
+    channel count ``C`` tells which end of ``shape`` holds ``C`` (timm's ConvNeXt runs its
+    Linear layers and a ``LayerNorm`` subclass on an NHWC view, but its stages give NCHW).
+    ``None`` for vectors, or when no layer says (``C`` at both ends or neither).
+    """
+    if len(shape) < 3:
+        return None
+    inside = [leaf for leaf in leaves if not path or leaf.path.startswith(path + ".")]
+    inside += [leaf for leaf in leaves if leaf.path == path]
+    for leaf in reversed(inside):
+        first, last = shape[1] == leaf.channels, shape[-1] == leaf.channels
+        if first != last:
+            return "NC" if first else "NLC"
+    return None
+
+
 def probe(
-    root: nn.Module, paths: Iterable[str], run: Callable[[], Any], *, owner: nn.Module
+    root: nn.Module,
+    paths: Iterable[str],
+    run: Callable[[], Any],
+    *,
+    owner: nn.Module,
+    leaves: list[Leaf] | None = None,
 ) -> dict[str, Seen]:
     """Run ``run()`` once with hooks on ``paths`` of ``root``, ``owner`` (the module that
     ``run`` calls, containing ``root``) in eval mode and without autograd.
 
     The hooks go after any existing ones, so they see outputs as the rest of the model does.
     At each completion the version counters of earlier outputs are noted: a change means a
-    later layer modified that output in place.
+    later layer modified that output in place. With ``leaves``, every layer with a channel
+    count that runs is appended to it, in the order they finish (for :func:`observed_layout`).
     """
     modules = module_paths(root)
     seen = {p: Seen() for p in paths}
@@ -152,10 +210,22 @@ def probe(
 
         return hook
 
+    def note(path: str, channels: int) -> Callable[[nn.Module, Any, Any], None]:
+        def hook(module: nn.Module, args: Any, output: Any) -> None:
+            if leaves is not None and isinstance(output, torch.Tensor):
+                leaves.append(Leaf(path, channels, tuple(output.shape)))
+
+        return hook
+
     handles = []
     try:
         for p in dict.fromkeys(paths):
             handles.append(modules[p].register_forward_hook(record(p)))
+        if leaves is not None:
+            for p, m in root.named_modules():
+                c = channel_count(m)
+                if c is not None:
+                    handles.append(m.register_forward_hook(note(p, c)))
         with eval_no_grad(owner):
             run()
     finally:

@@ -47,7 +47,8 @@ def taps(
         model: any module; for a wrapper from :func:`skipkit.add_skip` /
             :func:`skipkit.connect` the names are those of the wrapped model(s).
         names: submodule paths (hooks), or operation names from torch.fx tracing.
-        *args, **kwargs: the model's input.
+        *args: the model's positional input.
+        **kwargs: the model's keyword input.
 
     Returns:
         ``(output, {name: tensor})`` (a submodule returning a tuple gives the tuple).
@@ -94,6 +95,17 @@ def _one(name: str, values: list[Any]) -> Any:
         "repeated module), so it has no single output. Fix: tap its parent, or give each use "
         "its own instance"
     )
+
+
+def operation_names(model: nn.Module) -> list[str]:
+    """The torch.fx operation names :func:`taps` accepts for ``model``; none if fx cannot trace
+    it (only used to explain a wrong name, so a failed trace is not an error here)."""
+    tracer = _ScopeTracer()
+    try:
+        tracer.trace(model)
+    except Exception:  # tracing runs arbitrary user code
+        return []
+    return list(tracer.qualnames)
 
 
 class _ScopeTracer(torch.fx.Tracer):

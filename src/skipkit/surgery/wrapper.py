@@ -8,14 +8,24 @@ wrapper's ``skips`` (an ``nn.ModuleList`` of :class:`AddedSkip`), so ``state_dic
 other layer, while the wrapped model keeps its own structure and ``state_dict`` keys
 (``wrapper.model.load_state_dict(pretrained)`` still works).
 
-Every forward pass of the wrapper checks the order: each ``src`` and ``dst`` runs exactly
-once, ``src`` first. A kept output is used by one pass only and dropped at its end.
+A *forward pass* is one call of the wrapped model: ``net(x)``, ``net.model(x)``, and each
+call the model's own methods make (Hugging Face ``generate``'s loop), found by a pre-hook and
+an always-called hook on the model itself (for :class:`Connected`, one call of the wrapper).
+Every pass checks the order: each ``src`` and ``dst`` runs exactly once, ``src`` first. A kept
+output is used by one pass only and dropped at its end, so a ``dst`` that runs outside a pass
+(``net.model.layer3(h)`` on its own) raises instead of joining a stale tensor.
+
+The wrapper behaves as the model it wraps: attributes it does not have itself come from the
+model (``net.config``, ``net.device``, ``net.generate(...)``, timm's
+``net.forward_features(x)``); a method reached this way runs with the skips, so a method
+that calls submodules directly (``forward_features``) gets them too.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,8 +33,8 @@ import torch
 from torch import nn
 
 from skipkit.merges import Merge
-from skipkit.shapes import infer_layout, normalize_layout
-from skipkit.surgery import _paths
+from skipkit.shapes import Layout, infer_layout, normalize_layout
+from skipkit.surgery import _api, _paths
 from skipkit.surgery._paths import call, first_tensor, probe, resolve, show, version_of
 from skipkit.surgery.added import AddedSkip
 from skipkit.surgery.build import build_skip, check_order
@@ -53,6 +63,9 @@ class SurgeryModule(nn.Module):
         self._phase: list[int] = []
         self._kept: list[torch.Tensor | None] = []
         self._versions: list[int | None] = []
+        self._depth = 0  # open forward passes (calls of the wrapped model) right now
+        self._loose = 0  # open model methods called through the wrapper (forward_features)
+        self._pass_hook_ids: list[int] = []
 
     def host(self) -> nn.Module:
         """The module that skip paths are relative to."""
@@ -78,13 +91,38 @@ class SurgeryModule(nn.Module):
             hook = functools.partial(self._after_module, path)
             # A partial of a bound method survives deepcopy and pickle with the wrapper.
             self._hook_ids[path] = modules[path].register_forward_hook(hook).id
+        self._install_pass_hooks()
+
+    def _install_pass_hooks(self) -> None:
+        """Mark each call of the wrapped model as one forward pass (:class:`Grafted` only)."""
+
+    def _open_pass(self) -> None:
+        if self._depth == 0:
+            self._begin()
+        self._depth += 1
+
+    def _close_pass(self) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            if sys.exc_info()[1] is not None:  # the pass raised: drop its state, keep its error
+                self._begin()
+            else:
+                self._end()
 
     def _after_module(self, path: str, module: nn.Module, args: Any, output: Any) -> Any:
+        if self._depth == 0 and not self._loose:
+            # Outside any pass: a src output has no join to feed, and a dst has nothing to join.
+            for i in self._into.get(path, ()):
+                raise self._outside_pass_error(i)
+            return None
         out = output
         # Joins first: the rest of the model, and any skip tapping this path, see the result.
         for i in self._into.get(path, ()):
             out = self._join(i, out)
+        loose = self._depth == 0  # inside a model method called through the wrapper
         for i in self._from.get(path, ()):
+            if loose:  # no pass bounds here: each src output starts the skip afresh
+                self._phase[i], self._kept[i] = _WAITING, None
             self._take(i, out)
         return out if out is not output else None
 
@@ -140,6 +178,24 @@ class SurgeryModule(nn.Module):
             return type(output)(y, *output[1:])
         return type(output)([y, *output[1:]])
 
+    def _outside_pass_error(self, i: int) -> RuntimeError:
+        skip = self._skip(i)
+        if torch._C._current_graph_task_id() != -1:
+            return RuntimeError(
+                f"{skip.label}: dst {show(skip.dst)} ran again during the backward pass: "
+                "activation checkpointing (timm set_grad_checkpointing, Hugging Face "
+                "gradient_checkpointing_enable, torch.utils.checkpoint) recomputes it without "
+                "src's output, which added skips do not support. Fix: turn checkpointing off "
+                "for the model wrapped by add_skip"
+            )
+        return RuntimeError(
+            f"{skip.label}: dst {show(skip.dst)} ran before src {show(skip.src)} in this "
+            "forward pass: it ran outside a forward pass of the wrapped model (a submodule, or "
+            "a method such as forward_features, called on net.model directly), so there is no "
+            "src output of this pass to join. Fix: call the wrapper (net(x)) or the model "
+            "(net.model(x)), or call the method through the wrapper (net.forward_features(x))"
+        )
+
     def _begin(self) -> None:
         # A pass that raised half-way leaves state behind; it must never leak into this one.
         for i in range(len(self._phase)):
@@ -155,6 +211,9 @@ class SurgeryModule(nn.Module):
                     else f"neither src {show(skip.src)} nor dst {show(skip.dst)} ran"
                 )
                 self._begin()
+                why = _api.checkpointing_error(self.host())
+                if why is not None:
+                    raise RuntimeError(f"{skip.label}: {what} in this forward pass: {why}")
                 raise RuntimeError(
                     f"{skip.label}: {what} in this forward pass, so the added skip was not "
                     "applied (data-dependent control flow?). Fix: choose modules on the path "
@@ -175,32 +234,55 @@ class SurgeryModule(nn.Module):
     ) -> None:
         """Probe once with the example, then build and install one AddedSkip per pair."""
         host = self.host()
+        _api.check_no_checkpointing(host)
         for src, dst in pairs:
-            resolve(host, src, what="src")
-            resolve(host, dst, what="dst")
+            for path, what in ((src, "src"), (dst, "dst")):
+                _api.check_not_an_operation(host, path, what)
+                resolve(host, path, what=what)
             if src == dst:
                 raise ValueError(
                     f"src and dst are the same module {show(src)}; a skip joins the output "
                     "of one module into a later one. Fix: choose a dst that runs after src"
                 )
-        seen = probe(host, [p for pair in pairs for p in pair], example_run, owner=self)
+        leaves: list[_paths.Leaf] = []
+        paths = [p for pair in pairs for p in pair]
+        seen = probe(host, paths, example_run, owner=self, leaves=leaves)
         for src, dst in pairs:
             check_order(src, dst, seen)
         lay = normalize_layout(layout)
         modules = _paths.module_paths(host)
         new = []
         for src, dst in pairs:
-            # The tensors' layouts follow the layers that made them; the model's is a fallback.
+            # Layouts come from the tensors the example pass gave (where the channels of the
+            # layers that made them are); module classes are the fallback.
             fallback = infer_layout(host)
-            lay_dst = lay or infer_layout(modules[dst]) or infer_layout(modules[src]) or fallback
-            lay_src = lay or infer_layout(modules[src]) or fallback
-            new.append(build_skip(src, dst, seen, merge, shortcut, zero_init, lay_dst, lay_src))
+            lay_dst = (
+                lay
+                or self._seen_layout(dst, seen, leaves)
+                or infer_layout(modules[dst])
+                or infer_layout(modules[src])
+                or fallback
+            )
+            lay_src = lay or self._seen_layout(src, seen, leaves) or infer_layout(modules[src])
+            new.append(
+                build_skip(src, dst, seen, merge, shortcut, zero_init, lay_dst, lay_src or fallback)
+            )
         for skip in new:
             skip.train(self.training)
             self.skips.append(skip)
         self._install()
         for skip in new:
             log.info("added skip %s", skip.extra_repr())
+
+    @staticmethod
+    def _seen_layout(
+        path: str, seen: dict[str, _paths.Seen], leaves: list[_paths.Leaf]
+    ) -> Layout | None:
+        out = seen[path].output
+        t = out[0] if isinstance(out, tuple | list) and out else out
+        if not isinstance(t, torch.Tensor):
+            return None
+        return _paths.observed_layout(path, tuple(t.shape), leaves)
 
     def remove(self, index: int) -> None:
         """Remove the ``index``-th added skip of this wrapper; the rest keep working."""
@@ -221,6 +303,11 @@ def _remove_hook(module: nn.Module, hook_id: int) -> None:
 class Grafted(SurgeryModule):
     """A model with skips added by :func:`add_skip`; computes ``model(*args, **kwargs)``.
 
+    Behaves as the model: an attribute the wrapper does not have comes from ``model``
+    (``net.config``, ``net.generate(...)``, ``net.forward_features(x)``); methods reached so
+    run with the skips. ``net.save_pretrained(...)`` (Hugging Face) saves the wrapped model
+    only: the adapters are in ``net.skips`` (save the wrapper's ``state_dict`` for both).
+
     Attributes:
         model: the (deep-copied) model, structure and ``state_dict`` keys unchanged; the
             wrapper's keys are ``model.*`` and ``skips.<i>.*``.
@@ -234,11 +321,37 @@ class Grafted(SurgeryModule):
     def host(self) -> nn.Module:
         return self.model
 
+    def _install_pass_hooks(self) -> None:
+        model = self.model
+        for hid in self._pass_hook_ids:
+            model._forward_pre_hooks.pop(hid, None)
+            _remove_hook(model, hid)
+        self._pass_hook_ids = []
+        if not len(self.skips):
+            return  # the last skip removed: the model is left as it was
+        # The end hook goes after every join hook (a skip into the root joins first).
+        pre = model.register_forward_pre_hook(functools.partial(_pass_start, self), prepend=True)
+        post = model.register_forward_hook(functools.partial(_pass_stop, self), always_call=True)
+        self._pass_hook_ids = [pre.id, post.id]
+
     def forward(self, *args: Any, **kwargs: Any) -> Any:
-        self._begin()
-        out = self.model(*args, **kwargs)
-        self._end()
-        return out
+        return self.model(*args, **kwargs)  # the model's own hooks bound the pass
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("__") or "_modules" not in self.__dict__:
+                raise  # copying / unpickling asks before the model is there
+        return _api.pass_through(self, self._modules.get("model"), name)
+
+
+def _pass_start(net: SurgeryModule, module: nn.Module, args: Any) -> None:
+    net._open_pass()
+
+
+def _pass_stop(net: SurgeryModule, module: nn.Module, args: Any, output: Any) -> None:
+    net._close_pass()
 
 
 class Connected(SurgeryModule):
@@ -249,6 +362,7 @@ class Connected(SurgeryModule):
     as positional arguments, a mapping as keyword arguments. Returns B's output, or
     ``(out_b, out_a)`` with ``return_a=True``.
 
+    An attribute the wrapper does not have comes from B (the model whose output it returns).
     Skip paths are ``"a.<path in A>"`` and ``"b.<path in B>"``. With ``freeze_a`` A's
     parameters do not require gradients and A stays in eval mode (BatchNorm uses its running
     statistics, dropout is off) even after ``train()``.
@@ -280,11 +394,24 @@ class Connected(SurgeryModule):
         return self
 
     def forward(self, x_a: Any, x_b: Any = None) -> Any:
-        self._begin()
-        out_a = call(self.a, x_a)
-        if self.b_input == "a_output":
-            out_b = call(self.b, out_a)
-        else:
-            out_b = call(self.b, x_a if x_b is None else x_b)
-        self._end()
+        self._open_pass()
+        try:
+            out_a = call(self.a, x_a)
+            if self.b_input == "a_output":
+                out_b = call(self.b, out_a)
+            else:
+                out_b = call(self.b, x_a if x_b is None else x_b)
+        except BaseException:
+            self._depth -= 1
+            self._begin()
+            raise
+        self._close_pass()
         return (out_b, out_a) if self.return_a else out_b
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name.startswith("__") or "_modules" not in self.__dict__:
+                raise
+        return _api.pass_through(self, self._modules.get("b"), name)
