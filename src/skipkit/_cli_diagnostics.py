@@ -11,7 +11,14 @@ import argparse
 import importlib
 from typing import Any
 
-from skipkit._cliargs import DATASET_NAMES, device, integer, key_value, positive_int, real
+from skipkit._cliargs import (
+    DATASET_NAMES,
+    add_model_arg,
+    device,
+    integer,
+    positive_int,
+    real,
+)
 from skipkit.cli import add_out, add_parser
 
 __all__ = ["VARIANTS", "add_parsers"]
@@ -47,14 +54,7 @@ def _add_model(p: argparse.ArgumentParser, *, several: bool = False) -> None:
     else:
         g.add_argument("--model", required=True, help="registry name, e.g. resnet20")
         g.add_argument("--no-skip", action="store_true", help="the plain twin (skip=False)")
-    g.add_argument(
-        "--model-arg",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra keyword for the model builder (repeatable), e.g. shortcut=B",
-    )
+    add_model_arg(g)
     g.add_argument(
         "--weights",
         default=None,

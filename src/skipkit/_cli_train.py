@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from skipkit._cliargs import echo, int_list, integer, key_value, real
+from skipkit._cliargs import add_model_arg, echo, int_list, integer, real
 from skipkit.cli import (
     add_data,
     add_out,
@@ -42,14 +42,7 @@ def add_parsers(sub: Any) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--model", required=True, help="registry name, e.g. resnet20 or resnet56")
     g.add_argument("--no-skip", action="store_true", help="build the plain twin (skip=False)")
-    g.add_argument(
-        "--model-arg",
-        type=key_value,
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra keyword for the model builder (repeatable), e.g. shortcut=B",
-    )
+    add_model_arg(g)
     d = add_data(p)
     d.add_argument("--augment", action="store_true", help="CIFAR: pad-4 crop + flip")
     d.add_argument("--download", action="store_true", help="CIFAR: fetch with torchvision")

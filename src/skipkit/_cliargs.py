@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 __all__ = [
     "Formatter",
     "Parser",
+    "add_model_arg",
     "device",
     "echo",
     "int_list",
@@ -139,6 +140,18 @@ def key_value(text: str) -> tuple[str, Any]:
     if isinstance(value, float) and not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"{key}: expected a finite number, got {raw!r}")
     return key, value
+
+
+def add_model_arg(group: Any) -> None:
+    """``--model-arg KEY=VALUE`` (repeatable): extra keywords for the registry builder."""
+    group.add_argument(
+        "--model-arg",
+        type=key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra keyword for the model builder (repeatable), e.g. shortcut=B",
+    )
 
 
 _DEVICE = re.compile(r"^(cpu|mps|cuda)(?::(\d+))?$")
