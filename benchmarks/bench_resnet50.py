@@ -1,9 +1,13 @@
 """Train-step time of skipkit's ``resnet50`` against torchvision's, side by side.
 
 One step = forward, cross-entropy, backward, SGD step (momentum 0.9, weight decay 1e-4).
-Four configurations run interleaved in the same process (torchvision / skipkit, each in the
-default NCHW layout and in channels_last), so machine noise hits all of them alike; each is
-repeated and the median is reported. Both models start from the same weights.
+Five configurations run interleaved in the same process (torchvision / skipkit, each in the
+default NCHW layout and in channels_last, plus a second torchvision in channels_last as a
+control), so machine noise hits all of them alike; each is repeated. Both models start from the
+same weights. A ratio is the median over rounds of the ratio of the two steps of one round
+(paired, so a slow moment hits both sides); the control's ratio to the first torchvision is the
+noise floor of the run: a gap no larger than it is not a measured difference.
+tests/models/test_resnet.py checks that skipkit dispatches exactly torchvision's ATen ops.
 
 Targets (docs/benchmarks.md): skipkit / torchvision in the same layout <= 1.02;
 skipkit channels_last / torchvision default <= 0.85.
@@ -116,6 +120,7 @@ def main() -> None:
         _make("skipkit", ours(), False, device, 0.01),
         _make("torchvision", theirs(), True, device, 0.01),
         _make("skipkit", ours(), True, device, 0.01),
+        _make("control: torchvision", theirs(), True, device, 0.01),
     ]
     x = torch.randn(args.batch, 3, args.size, args.size, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
@@ -143,19 +148,30 @@ def main() -> None:
                 cfg.peak_mib = torch.cuda.max_memory_allocated(device) / 2**20
 
     med = {cfg.name: statistics.median(cfg.times) for cfg in configs}
-    print(f"\n{'configuration':<28}{'median s/step':>14}{'min':>9}{'max':>9}{'peak MiB':>10}")
+    print(f"\n{'configuration':<36}{'median s/step':>14}{'min':>9}{'max':>9}{'peak MiB':>10}")
     for cfg in configs:
         peak = f"{cfg.peak_mib:10.0f}" if cfg.peak_mib is not None else f"{'-':>10}"
         print(
-            f"{cfg.name:<28}{med[cfg.name]:14.3f}{min(cfg.times):9.3f}{max(cfg.times):9.3f}{peak}"
+            f"{cfg.name:<36}{med[cfg.name]:14.3f}{min(cfg.times):9.3f}{max(cfg.times):9.3f}{peak}"
         )
+    times = {cfg.name: cfg.times for cfg in configs}
+
+    def paired(a: str, b: str) -> float:
+        return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
+
     ratios = {
-        "skipkit/torchvision, default layout (target <= 1.02)": med["skipkit default"]
-        / med["torchvision default"],
-        "skipkit/torchvision, channels_last (target <= 1.02)": med["skipkit channels_last"]
-        / med["torchvision channels_last"],
-        "skipkit channels_last / torchvision default (target <= 0.85)": med["skipkit channels_last"]
-        / med["torchvision default"],
+        "skipkit/torchvision, default layout (target <= 1.02)": paired(
+            "skipkit default", "torchvision default"
+        ),
+        "skipkit/torchvision, channels_last (target <= 1.02)": paired(
+            "skipkit channels_last", "torchvision channels_last"
+        ),
+        "skipkit channels_last / torchvision default (target <= 0.85)": paired(
+            "skipkit channels_last", "torchvision default"
+        ),
+        "control: torchvision/torchvision, channels_last (noise floor)": paired(
+            "control: torchvision channels_last", "torchvision channels_last"
+        ),
     }
     print()
     for label, value in ratios.items():
@@ -166,7 +182,7 @@ def main() -> None:
                 {
                     "args": vars(args),
                     "torch": torch.__version__,
-                    "times": {cfg.name: cfg.times for cfg in configs},
+                    "times": times,
                     "median": med,
                     "ratios": ratios,
                 },
