@@ -165,3 +165,26 @@ def test_every_skip_exposes_the_protocol_and_a_gradient_balance(name: str) -> No
     for s in flow.skips:
         assert s.grad_ratio is not None and s.grad_ratio > 0, (name, s.path)
         assert s.forward_ratio is not None, (name, s.path)
+
+
+def test_an_unknown_option_is_named_with_the_builders_options() -> None:
+    with pytest.raises(TypeError) as err:
+        create("resnet18", num_clases=3)
+    assert str(err.value) == (
+        "create('resnet18'): unknown option 'num_clases' (did you mean 'num_classes', "
+        "'norm_layer', 'in_channels'?). resnet18 takes: num_classes, in_channels, shortcut, "
+        "stem, skip, zero_init_last, norm_layer, drop_path, weights, progress"
+    )
+    with pytest.raises(TypeError, match=r"unknown option 'bogus'\. resnet20 takes: num_classes"):
+        create("resnet20", bogus=1)
+    with pytest.raises(TypeError, match=r"'residul' \(did you mean 'residual'\?\)"):
+        create("transformer_lm", vocab_size=8, context=4, residul="add")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_builder_lists_its_options(name: str) -> None:
+    # each registered builder's options are known (named, or an Unpack[TypedDict]), so
+    # create() can name a misspelt one before anything is built
+    options = sk.models._registry.builder_options(sk.models._registry._REGISTRY[name])
+    assert options is not None
+    assert "skip" in options or name == "plain_mlp"

@@ -18,8 +18,11 @@ MNIST-1D ``(N, 1, 40)``.
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import torch
 from torch import nn
+from typing_extensions import Unpack
 
 from skipkit.merges import Add
 from skipkit.models._blocks import BATCHNORM, CONV, GLOBAL_AVGPOOL, check_dims, he_init
@@ -183,140 +186,56 @@ def cifar_resnet(
     )
 
 
+class CifarOptions(TypedDict, total=False):
+    """Keyword options of the registered CIFAR ResNet builders (see :func:`cifar_resnet`)."""
+
+    num_classes: int
+    in_channels: int
+    shortcut: str
+    skip: bool
+    dims: int
+    zero_init_last: bool
+
+
 @register_model
-def resnet20(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    shortcut: str = "pad",
-    skip: bool = True,
-    dims: int = 2,
-    zero_init_last: bool = False,
-) -> CifarResNet:
+def resnet20(**kwargs: Unpack[CifarOptions]) -> CifarResNet:
     """ResNet-20 for CIFAR (0.27M parameters); options as :func:`cifar_resnet`."""
-    return cifar_resnet(
-        20,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        skip=skip,
-        dims=dims,
-        zero_init_last=zero_init_last,
-    )
+    return cifar_resnet(20, **kwargs)
 
 
 @register_model
-def resnet32(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    shortcut: str = "pad",
-    skip: bool = True,
-    dims: int = 2,
-    zero_init_last: bool = False,
-) -> CifarResNet:
+def resnet32(**kwargs: Unpack[CifarOptions]) -> CifarResNet:
     """ResNet-32 for CIFAR (0.46M parameters); options as :func:`cifar_resnet`."""
-    return cifar_resnet(
-        32,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        skip=skip,
-        dims=dims,
-        zero_init_last=zero_init_last,
-    )
+    return cifar_resnet(32, **kwargs)
 
 
 @register_model
-def resnet44(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    shortcut: str = "pad",
-    skip: bool = True,
-    dims: int = 2,
-    zero_init_last: bool = False,
-) -> CifarResNet:
+def resnet44(**kwargs: Unpack[CifarOptions]) -> CifarResNet:
     """ResNet-44 for CIFAR (0.66M parameters); options as :func:`cifar_resnet`."""
-    return cifar_resnet(
-        44,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        skip=skip,
-        dims=dims,
-        zero_init_last=zero_init_last,
-    )
+    return cifar_resnet(44, **kwargs)
 
 
 @register_model
-def resnet56(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    shortcut: str = "pad",
-    skip: bool = True,
-    dims: int = 2,
-    zero_init_last: bool = False,
-) -> CifarResNet:
+def resnet56(**kwargs: Unpack[CifarOptions]) -> CifarResNet:
     """ResNet-56 for CIFAR (0.85M parameters); options as :func:`cifar_resnet`."""
-    return cifar_resnet(
-        56,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        skip=skip,
-        dims=dims,
-        zero_init_last=zero_init_last,
-    )
+    return cifar_resnet(56, **kwargs)
 
 
 @register_model
-def resnet110(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    shortcut: str = "pad",
-    skip: bool = True,
-    dims: int = 2,
-    zero_init_last: bool = False,
-) -> CifarResNet:
+def resnet110(**kwargs: Unpack[CifarOptions]) -> CifarResNet:
     """ResNet-110 for CIFAR (1.7M parameters); options as :func:`cifar_resnet`."""
-    return cifar_resnet(
-        110,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        skip=skip,
-        dims=dims,
-        zero_init_last=zero_init_last,
-    )
+    return cifar_resnet(110, **kwargs)
 
 
 @register_model
-def resnet1202(
-    *,
-    num_classes: int = 10,
-    in_channels: int = 3,
-    shortcut: str = "pad",
-    skip: bool = True,
-    dims: int = 2,
-    zero_init_last: bool = False,
-) -> CifarResNet:
+def resnet1202(**kwargs: Unpack[CifarOptions]) -> CifarResNet:
     """ResNet-1202 for CIFAR (19.4M parameters); options as :func:`cifar_resnet`."""
-    return cifar_resnet(
-        1202,
-        num_classes=num_classes,
-        in_channels=in_channels,
-        shortcut=shortcut,
-        skip=skip,
-        dims=dims,
-        zero_init_last=zero_init_last,
-    )
+    return cifar_resnet(1202, **kwargs)
 
 
 __all__ = [
     "CifarBlock",
+    "CifarOptions",
     "CifarResNet",
     "cifar_resnet",
     "resnet20",
