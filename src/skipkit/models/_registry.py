@@ -74,7 +74,7 @@ def builder_options(builder: Builder) -> list[str] | None:
     if var is None:
         return names
     hint = typing.get_type_hints(builder, include_extras=True).get(var.name)
-    if typing.get_origin(hint) not in (typing.Unpack, typing_extensions.Unpack):
+    if typing.get_origin(hint) is not typing_extensions.Unpack:
         return None
     (options,) = typing.get_args(hint)
     return names + list(typing.get_type_hints(options))
