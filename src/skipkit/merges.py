@@ -127,6 +127,7 @@ class Concat(Merge):
 
     match_channels: ClassVar[bool] = False
     _name = "concat"
+    _formula = "cat([b, s], C)"
     starts_as_branch: StartsAsBranch = "by_own_parameters"
 
     def __init__(self, out_channels: int | None = None, *, dim: int | None = None) -> None:
@@ -244,6 +245,12 @@ class Scale(Merge):
 
     Shapes: ``(N, *S), (N, *S) -> (N, *S)``.
     """
+
+    # the branch scaling: what a Scale pickled before ``on`` existed computes
+    on: str = "branch"
+    _name = "rezero"
+    _formula = "s + α*b"
+    starts_as_branch: StartsAsBranch = "never"
 
     def __init__(self, init: float = 0.0, *, per_channel: bool = False, on: str = "branch") -> None:
         super().__init__()
