@@ -31,11 +31,12 @@ def test_a_subclass_gets_forward_plain_twin_and_describe_from_the_parts() -> Non
         assert torch.equal(block(x), torch.relu(2 * x))
     info = block.describe()
     assert isinstance(info, sk.SkipInfo)
-    assert (info.kind, info.tap, info.shortcut, info.merge) == (
+    assert (info.kind, info.tap, info.shortcut, info.merge, info.formula) == (
         "_Doubling",
         "input",
         "Identity",
-        "Add",
+        "add",
+        "s + b",
     )
     assert info.parameters == 0 and info.enabled and not info.added
 

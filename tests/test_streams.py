@@ -116,7 +116,7 @@ def test_plain_twin_drops_the_carried_streams() -> None:
         torch.testing.assert_close(hc(h), written)
     assert hc.skip_enabled
     info = hc.describe()
-    assert (info.kind, info.shortcut, info.merge) == ("HyperConnection", "StreamMix", "Add")
+    assert (info.kind, info.shortcut, info.merge) == ("HyperConnection", "StreamMix", "add")
 
 
 def test_body_arguments_and_tuple_outputs_pass_through() -> None:

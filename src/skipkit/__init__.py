@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from skipkit import keras as keras  # not in __all__: a star import must not need Keras
     from skipkit._residual import DeepNorm, deepnorm
     from skipkit.dense import DenseBlock, DenseLayer
-    from skipkit.merges import Add, Concat, Gate, Merge, Mul, Scale, WeightedSum
+    from skipkit.merges import Add, Concat, Film, Gate, Merge, Mul, Scale, TanhGate, WeightedSum
     from skipkit.protocol import SkipInfo, SkipModule, skips_disabled
     from skipkit.shortcuts import CenterCrop, Resample, ZeroPad, plan_shortcut
     from skipkit.skips import DropPath, Highway, Residual, materialize
@@ -42,6 +42,7 @@ _LAZY: dict[str, str] = {
     "DenseBlock": "skipkit.dense",
     "DenseLayer": "skipkit.dense",
     "DropPath": "skipkit.skips",
+    "Film": "skipkit.merges",
     "Gate": "skipkit.merges",
     "Highway": "skipkit.skips",
     "HyperConnection": "skipkit.streams",
@@ -52,6 +53,7 @@ _LAZY: dict[str, str] = {
     "Scale": "skipkit.merges",
     "SkipInfo": "skipkit.protocol",
     "SkipModule": "skipkit.protocol",
+    "TanhGate": "skipkit.merges",
     "WeightedSum": "skipkit.merges",
     "ZeroPad": "skipkit.shortcuts",
     "add_skip": "skipkit.surgery",
@@ -109,6 +111,7 @@ __all__ = [
     "DenseBlock",
     "DenseLayer",
     "DropPath",
+    "Film",
     "Gate",
     "Highway",
     "HyperConnection",
@@ -120,6 +123,7 @@ __all__ = [
     "ShapeMismatchError",
     "SkipInfo",
     "SkipModule",
+    "TanhGate",
     "WeightedSum",
     "ZeroPad",
     "__version__",

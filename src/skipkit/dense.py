@@ -139,6 +139,7 @@ class DenseMerge(Merge):
     """
 
     match_channels: ClassVar[bool] = False
+    _formula = "cat([s, b], C)"
 
     def __init__(self, growth: int) -> None:
         super().__init__()

@@ -5,18 +5,36 @@ parameters whose size depends on the data (a concat reduction, a highway gate, L
 per-channel γ) create them in :meth:`Merge.setup`, which :class:`skipkit.Residual` calls once
 the shapes are known (at construction with ``in_shape``, or at the first forward).
 
-=============  ===================================================  ======================
-string         module                                               formula
-=============  ===================================================  ======================
-``add``        :class:`Add`                                         ``s + b``
-``concat``     :class:`Concat`                                      ``cat([b, s], C)``
-``mul``        :class:`Mul`                                         ``s * b``
-``gate``       :class:`Gate` (Highway)                              ``T*b + (1-T)*s``
-``rezero``     :class:`Scale` ``(init=0)``                          ``s + α*b``
-``skipinit``   :class:`Scale` ``(init=0)``                          ``s + α*b``
-``layerscale`` :class:`Scale` ``(init=1e-5, per_channel=True)``     ``s + γ_c*b``
-``weighted``   :class:`WeightedSum`                                 ``a*s + w*b``
-=============  ===================================================  ======================
+A string means one formula everywhere it is accepted (``Residual(merge=...)``, the models,
+:func:`skipkit.add_skip`); each merge reports it as :attr:`Merge.formula`, in ``s`` (the skip:
+the shortcut's output) and ``b`` (the branch's output):
+
+===================  ===============================================  ===========================
+string               module                                           formula
+===================  ===============================================  ===========================
+``add``              :class:`Add`                                     ``s + b``
+``concat``           :class:`Concat`                                  ``cat([b, s], C)``
+``mul``              :class:`Mul`                                     ``s * b``
+``film``             :class:`Film` (FiLM-style)                       ``b * (1 + s)``
+``gate``             :class:`Gate` (Highway)                          ``T*b + (1 - T)*s``
+``tanh_gate``        :class:`TanhGate` (starts closed)                ``b + tanh(W s + c) * s``
+``rezero``           :class:`Scale` ``(0)``                           ``s + α*b``
+``skipinit``         :class:`Scale` ``(0)``                           ``s + α*b``
+``layerscale``       :class:`Scale` ``(1e-5, per_channel=True)``      ``s + γ_c*b``
+``rezero_skip``      :class:`Scale` ``(0, on="skip")``                ``b + α*s``
+``layerscale_skip``  :class:`Scale` (``layerscale``, on the skip)     ``b + γ_c*s``
+``weighted``         :class:`WeightedSum`                             ``a*s + w*b``
+===================  ===============================================  ===========================
+
+(``T = sigmoid(W s + c)``; ``Concat(out_channels=k)`` reduces to ``R(cat([b, s], C))``.) The
+``*_skip`` scales put the learned factor on the skip, for a skip added to a trained path
+(:func:`skipkit.add_skip`), where the branch is the model's own output and must stay whole.
+
+:attr:`Merge.starts_as_branch` says whether a merge can start as ``b`` alone (what
+``add_skip(..., zero_init=True)`` needs): when the skip is zero (``add``, ``film``), through
+its own parameters (:meth:`Merge.start_as_branch`: ``concat`` reduced, ``tanh_gate``, the
+``*_skip`` scales, ``weighted``), or never (``mul``, ``gate``, ``rezero``, ``skipinit``,
+``layerscale``).
 """
 
 from __future__ import annotations
@@ -28,59 +46,10 @@ import torch
 from torch import nn
 
 from skipkit._checks import check_finite, check_positive_int
+from skipkit._gates import Gate, TanhGate, channel_transform
+from skipkit._merge import Merge, Shape, StartsAsBranch
 from skipkit.shapes import Layout, ShapeMismatchError, channel_dim, resolve_layout
 from skipkit.shortcuts import pointwise
-
-Shape = tuple[int, ...]
-
-
-class Merge(nn.Module):
-    """Base class of all merges: ``forward(skip, branch) -> Tensor``.
-
-    Class attributes:
-        match_channels: whether the shortcut must give the skip the branch's channel count
-            (``False`` for concatenation, where only the other dims must agree).
-    """
-
-    match_channels: ClassVar[bool] = True
-    path: str | None = None
-
-    def setup(
-        self,
-        skip_shape: Sequence[int],
-        branch_shape: Sequence[int],
-        layout: Layout | None,
-        *,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        """Check the shapes and create any shape-dependent parameters."""
-        self._check(tuple(skip_shape), tuple(branch_shape))
-
-    @property
-    def ready(self) -> bool:
-        """True once every parameter exists (always, for merges without lazy parameters)."""
-        return True
-
-    def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
-        """The merge's output with the skip path removed (the plain twin): ``branch``, or
-        what the merge makes of it alone (a scaled branch, zeros where a skip was
-        concatenated)."""
-        return branch
-
-    def out_shape(self, skip_shape: Sequence[int], branch_shape: Sequence[int]) -> Shape:
-        """Shape of ``forward(skip, branch)``."""
-        return tuple(branch_shape)
-
-    def _check(self, skip_shape: Shape, branch_shape: Shape) -> None:
-        if skip_shape != branch_shape:
-            raise ShapeMismatchError(
-                f"{type(self).__name__} needs equal shapes",
-                path=self.path,
-                skip_shape=skip_shape,
-                branch_shape=branch_shape,
-                fixes=["use shortcut='auto' so skipkit projects the skip"],
-            )
 
 
 class Add(Merge):
@@ -91,6 +60,10 @@ class Add(Merge):
             blocks do). Only for a branch whose last op does not keep its output for
             backward (a norm or a convolution does not; a ``sigmoid`` or ``tanh`` does).
     """
+
+    _name = "add"
+    _formula = "s + b"
+    starts_as_branch: StartsAsBranch = "if_skip_is_zero"
 
     def __init__(self, *, inplace: bool = False) -> None:
         super().__init__()
@@ -106,12 +79,37 @@ class Add(Merge):
 
 
 class Mul(Merge):
-    """Elementwise product: ``(N, *S) * (N, *S) -> (N, *S)``; without the skip: the branch."""
+    """Elementwise product: ``(N, *S) * (N, *S) -> (N, *S)``; without the skip: the branch.
+
+    It never starts as the branch alone (``s * b`` is 0 where ``s`` is): :class:`Film` is the
+    product that does.
+    """
+
+    _name = "mul"
+    _formula = "s * b"
+    starts_as_branch: StartsAsBranch = "never"
 
     def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if skip.shape != branch.shape:
             self._check(tuple(skip.shape), tuple(branch.shape))
         return skip * branch
+
+
+class Film(Merge):
+    """FiLM-style modulation: ``y = b * (1 + s)``; shapes ``(N, *S), (N, *S) -> (N, *S)``.
+
+    Equals ``b`` while the skip is zero, so a zero-initialised shortcut makes it start as the
+    identity on the branch (``merge="film"``); without the skip: ``b``.
+    """
+
+    _name = "film"
+    _formula = "b * (1 + s)"
+    starts_as_branch: StartsAsBranch = "if_skip_is_zero"
+
+    def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        if skip.shape != branch.shape:
+            self._check(tuple(skip.shape), tuple(branch.shape))
+        return branch * (1.0 + skip)
 
 
 class Concat(Merge):
@@ -128,6 +126,9 @@ class Concat(Merge):
     """
 
     match_channels: ClassVar[bool] = False
+    _name = "concat"
+    _formula = "cat([b, s], C)"
+    starts_as_branch: StartsAsBranch = "by_own_parameters"
 
     def __init__(self, out_channels: int | None = None, *, dim: int | None = None) -> None:
         super().__init__()
@@ -135,6 +136,7 @@ class Concat(Merge):
             check_positive_int("Concat(out_channels)", out_channels)
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int)):
             raise TypeError(f"Concat(dim=...) must be an int or None, got {type(dim).__name__}")
+        self._formula = "cat([b, s], C)" if out_channels is None else "R(cat([b, s], C))"
         self.out_channels = out_channels
         self.dim = dim
         self.reduce: nn.Module | None = None
@@ -210,98 +212,60 @@ class Concat(Merge):
         shape[self._dim % branch.ndim] = self._skip_channels
         return self.forward(branch.new_zeros(shape), branch)
 
+    def start_as_branch(self) -> None:
+        """``R = [I | 0]``: the reduction passes the branch through and ignores the skip
+        (without a reduction the output is wider than ``b``: nothing to set)."""
+        if self.reduce is None:
+            return
+        weight, bias = self.reduce.weight, self.reduce.bias
+        assert isinstance(weight, torch.Tensor)
+        c = weight.shape[0]  # out_channels: the branch's width when this can hold
+        with torch.no_grad():
+            weight.zero_()
+            eye = torch.eye(c, dtype=weight.dtype, device=weight.device)
+            weight[:, :c] = eye.view(*eye.shape, *(1,) * (weight.ndim - 2))
+            if isinstance(bias, torch.Tensor):
+                bias.zero_()
+
     def extra_repr(self) -> str:
         return f"out_channels={self.out_channels}, dim={self._dim}"
 
 
-def channel_transform(
-    shape: Sequence[int],
-    layout: Layout | None,
-    *,
-    bias: float,
-    zero_weight: bool = False,
-    device: torch.device | None = None,
-    dtype: torch.dtype | None = None,
-) -> nn.Module:
-    """A C -> C map on the channel dim of ``shape`` (1×1 conv or ``nn.Linear``), for gates.
-
-    Its bias starts at ``bias``; ``zero_weight`` also zeroes the weight (a closed gate).
-    """
-    lay = resolve_layout(layout, len(shape))
-    c = int(shape[channel_dim(lay, len(shape))])
-    t = pointwise(c, c, ndim=len(shape), layout=lay)
-    assert isinstance(t.weight, torch.Tensor) and isinstance(t.bias, torch.Tensor)
-    nn.init.constant_(t.bias, bias)
-    if zero_weight:
-        nn.init.zeros_(t.weight)
-    return t.to(device=device, dtype=dtype)
-
-
-class Gate(Merge):
-    """Highway gate (Srivastava et al. 2015): ``y = T(s)*b + (1 - T(s))*s``.
-
-    ``T(s) = sigmoid(W_T s + b_T)`` with a 1×1 conv (channels first) or ``nn.Linear``; the bias
-    starts at ``bias`` (negative: the block starts by carrying its input; -1, -2, -3 suit
-    depths of about 10, 20, 30). Shapes: ``(N, *S), (N, *S) -> (N, *S)``.
-
-    Without the skip (the plain twin) the gate goes with it: ``y = b``, the plain network
-    Srivastava et al. compare highways against.
-    """
-
-    def __init__(self, bias: float = -2.0) -> None:
-        super().__init__()
-        self.bias = check_finite("Gate(bias)", bias)
-        self.transform: nn.Module | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.transform is not None
-
-    def setup(
-        self,
-        skip_shape: Sequence[int],
-        branch_shape: Sequence[int],
-        layout: Layout | None,
-        *,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        self._check(tuple(skip_shape), tuple(branch_shape))
-        if self.transform is None:
-            self.transform = channel_transform(
-                branch_shape, layout, bias=self.bias, device=device, dtype=dtype
-            )
-
-    def gate(self, skip: torch.Tensor) -> torch.Tensor:
-        """The transform gate ``T(s)`` in (0, 1), shaped like ``skip``."""
-        assert self.transform is not None, "Gate used before setup()"
-        return torch.sigmoid(self.transform(skip))
-
-    def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        if skip.shape != branch.shape:
-            self._check(tuple(skip.shape), tuple(branch.shape))
-        t = self.gate(skip)
-        return t * branch + (1.0 - t) * skip
-
-    def extra_repr(self) -> str:
-        return f"bias={self.bias}"
-
-
 class Scale(Merge):
-    """Scaled residual: ``y = s + α*b`` (ReZero, SkipInit) or ``s + γ_c*b`` (LayerScale).
+    """Scaled residual: ``y = s + α*b`` (ReZero, SkipInit) or ``s + γ_c*b`` (LayerScale); with
+    ``on="skip"`` the factor scales the skip instead: ``y = b + α*s`` or ``b + γ_c*s``.
 
     Args:
         init: initial value of α (ReZero/SkipInit: 0, so the block starts as the identity) or
             of every γ_c (LayerScale: 1e-5).
         per_channel: one learnable γ per channel (LayerScale) instead of one scalar α.
+        on: ``"branch"`` (the residual scalings) or ``"skip"`` (a skip added to a trained
+            path, :func:`skipkit.add_skip`: the new skip is what starts small, the model's own
+            output stays whole). Without the skip: ``α*b`` on the branch, ``b`` on the skip.
 
     Shapes: ``(N, *S), (N, *S) -> (N, *S)``.
     """
 
-    def __init__(self, init: float = 0.0, *, per_channel: bool = False) -> None:
+    # the branch scaling: what a Scale pickled before ``on`` existed computes
+    on: str = "branch"
+    _name = "rezero"
+    _formula = "s + α*b"
+    starts_as_branch: StartsAsBranch = "never"
+
+    def __init__(self, init: float = 0.0, *, per_channel: bool = False, on: str = "branch") -> None:
         super().__init__()
+        if on not in ("branch", "skip"):
+            raise ValueError(f"Scale(on=...) must be 'branch' or 'skip', got {on!r}")
         self.init = check_finite("Scale(init)", init)
         self.per_channel = bool(per_channel)
+        self.on = on
+        factor = "γ_c" if self.per_channel else "α"
+        self._name = ("layerscale" if self.per_channel else "rezero") + (
+            "_skip" if on == "skip" else ""
+        )
+        self._formula = f"b + {factor}*s" if on == "skip" else f"s + {factor}*b"
+        # scaling the branch, α = 0 gives the skip, never b alone
+        self.starts_as_branch = "by_own_parameters" if on == "skip" else "never"
         self.alpha: nn.Parameter | None = (
             None if per_channel else nn.Parameter(torch.tensor(self.init))
         )
@@ -336,20 +300,34 @@ class Scale(Merge):
     def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if skip.shape != branch.shape:
             self._check(tuple(skip.shape), tuple(branch.shape))
+        if self.on == "skip":
+            return branch + self._factor() * skip
         return skip + self._factor() * branch
 
     def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
-        return self._factor() * branch
+        return branch if self.on == "skip" else self._factor() * branch
+
+    def start_as_branch(self) -> None:
+        """α (or every γ_c) = 0, for ``on="skip"``: ``y = b``, and ``dL/dα = g·s`` is not 0."""
+        if self.on != "skip":
+            super().start_as_branch()
+        assert self.alpha is not None, "Scale used before setup()"
+        nn.init.zeros_(self.alpha)
 
     def extra_repr(self) -> str:
-        return f"init={self.init}, per_channel={self.per_channel}"
+        on = ", on='skip'" if self.on == "skip" else ""
+        return f"init={self.init}, per_channel={self.per_channel}{on}"
 
 
 class WeightedSum(Merge):
     """Learned weighted sum (DenseFormer-style): ``y = a*s + w*b``, ``a, w`` scalars.
 
-    Shapes: ``(N, *S), (N, *S) -> (N, *S)``.
+    Shapes: ``(N, *S), (N, *S) -> (N, *S)``. It starts as ``b`` from ``a = 0, w = 1``.
     """
+
+    _name = "weighted"
+    _formula = "a*s + w*b"
+    starts_as_branch: StartsAsBranch = "by_own_parameters"
 
     def __init__(self, skip_weight: float = 1.0, branch_weight: float = 1.0) -> None:
         super().__init__()
@@ -365,15 +343,30 @@ class WeightedSum(Merge):
     def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
         return self.weights[1] * branch
 
+    def start_as_branch(self) -> None:
+        """``a = 0, w = 1``."""
+        with torch.no_grad():
+            self.weights.copy_(torch.tensor([0.0, 1.0]))
+
+
+def _skipinit() -> Merge:
+    m = Scale(0.0)
+    m._name = "skipinit"  # ReZero's formula under SkipInit's name: the name given is reported
+    return m
+
 
 MERGES: dict[str, Callable[[], Merge]] = {
     "add": Add,
     "concat": Concat,
     "mul": Mul,
+    "film": Film,
     "gate": Gate,
+    "tanh_gate": TanhGate,
     "rezero": lambda: Scale(0.0),
-    "skipinit": lambda: Scale(0.0),
+    "skipinit": _skipinit,
     "layerscale": lambda: Scale(1e-5, per_channel=True),
+    "rezero_skip": lambda: Scale(0.0, on="skip"),
+    "layerscale_skip": lambda: Scale(1e-5, per_channel=True, on="skip"),
     "weighted": WeightedSum,
 }
 
@@ -396,10 +389,13 @@ __all__ = [
     "MERGES",
     "Add",
     "Concat",
+    "Film",
     "Gate",
     "Merge",
     "Mul",
     "Scale",
+    "StartsAsBranch",
+    "TanhGate",
     "WeightedSum",
     "channel_transform",
     "resolve_merge",

@@ -30,7 +30,12 @@ class SkipInfo:
             the ``src`` path of an added skip.
         dst: where it joins: the block's own output (its path) or the added skip's ``dst``.
         shortcut: what makes it fit (``"Identity"``, ``"Conv2d+BatchNorm2d"``, …).
-        merge: how it joins (``"Add"``, ``"Concat"``, ``"rezero"``, …).
+        merge: how it joins: the merge's name, the string that builds it (``"add"``,
+            ``"concat"``, ``"film"``, ``"rezero_skip"``, …; see :mod:`skipkit.merges`), or
+            the class name of a merge no string builds.
+        formula: what the merge computes (``"s + b"``, ``"b * (1 + s)"``), in ``s`` = the
+            skip (the shortcut's output; for an added skip, the adapter's output on ``src``'s
+            output) and ``b`` = the branch's output (for an added skip, ``dst``'s output).
         parameters: parameters of the shortcut and merge (not the body's).
         enabled: ``False`` inside :func:`skipkit.skips_disabled`.
         added: whether :func:`skipkit.add_skip` / :func:`skipkit.connect` added it (only
@@ -43,6 +48,7 @@ class SkipInfo:
     dst: str
     shortcut: str
     merge: str
+    formula: str
     parameters: int
     enabled: bool
     added: bool
@@ -176,7 +182,8 @@ class SkipModule(nn.Module):
             tap=self.tap,
             dst=where,
             shortcut=module_summary(self.shortcut),
-            merge=type(self.merge).__name__,
+            merge=self.merge.name,
+            formula=self.merge.formula,
             parameters=_own_parameter_count(self.shortcut, self.merge),
             enabled=self.skip_enabled,
             added=False,

@@ -134,8 +134,10 @@ class Residual(SkipModule):
             ``nn.Sequential``.
         shortcut: ``"auto"``, ``"identity"``, ``"project"``, ``"pad"``, ``"avgdown"``,
             ``"resample"`` (see :mod:`skipkit.shortcuts`) or any ``nn.Module``.
-        merge: a :class:`~skipkit.merges.Merge` or ``"add"``, ``"concat"``, ``"mul"``,
-            ``"gate"``, ``"rezero"``, ``"skipinit"``, ``"layerscale"``, ``"weighted"``.
+        merge: a :class:`~skipkit.merges.Merge` or a string of :mod:`skipkit.merges`
+            (``"add"``, ``"concat"``, ``"mul"``, ``"film"``, ``"gate"``, ``"tanh_gate"``,
+            ``"rezero"``, ``"skipinit"``, ``"layerscale"``, ``"rezero_skip"``,
+            ``"layerscale_skip"``, ``"weighted"``; the table there gives each formula).
         post: module applied after the merge (e.g. ``nn.ReLU()`` or ``"relu"``), or ``None``.
         drop_path: stochastic-depth probability of dropping the branch per sample.
         in_shape: an example input shape, batch dim included (any batch size, e.g.

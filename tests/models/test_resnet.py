@@ -333,7 +333,7 @@ def test_bad_options_raise() -> None:
 def test_describe_lists_the_shortcut() -> None:
     model = create("resnet18")
     info = model.layer2[0].describe()
-    assert info.shortcut == "Conv2d+BatchNorm2d" and info.merge == "Add"
+    assert (info.shortcut, info.merge, info.formula) == ("Conv2d+BatchNorm2d", "add", "s + b")
     assert info.parameters == 64 * 128 + 2 * 128
     assert model.layer2[1].describe().shortcut == "Identity"
     assert create("resnet18d").layer2[0].describe().shortcut == "AvgPool2d+Conv2d+BatchNorm2d"

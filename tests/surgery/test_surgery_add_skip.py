@@ -10,9 +10,12 @@ import torch
 from torch import nn
 
 import skipkit as sk
+from skipkit.merges import resolve_merge
 from skipkit.surgery import AddedSkip, Grafted, add_skip, list_skips
 
-MERGES = ["add", "concat", "mul", "gate", "rezero", "skipinit", "layerscale", "weighted"]
+# the merges that can start as dst's output (zero_init=True), and those that cannot
+MERGES = ["add", "concat", "film", "tanh_gate", "rezero_skip", "layerscale_skip", "weighted"]
+NO_ZERO_START = ["mul", "gate", "rezero", "skipinit", "layerscale"]
 
 
 def added(net: nn.Module) -> list[AddedSkip]:
@@ -60,14 +63,15 @@ def test_cnn_every_merge_long_skip_with_projection(cnn: nn.Sequential, merge: st
     assert not torch.allclose(net.eval()(x), cnn(x), atol=1e-6)
 
 
-@pytest.mark.parametrize("merge", MERGES)
+@pytest.mark.parametrize("merge", MERGES + NO_ZERO_START)
 def test_zero_init_false_uses_live_adapters(cnn: nn.Sequential, merge: str) -> None:
     x = torch.randn(2, 3, 16, 16)
     cnn.eval()
     net = add_skip(cnn, "1", "3", merge=merge, example=x, zero_init=False).eval()
     out = net(x)
     assert out.shape == (2, 4)
-    if merge not in ("rezero", "skipinit", "layerscale"):  # these scale the skip by ~0
+    # these start closed by their own definition (tanh(0) = 0, α = 0, γ = 1e-5)
+    if merge not in ("tanh_gate", "rezero_skip", "layerscale_skip"):
         assert not torch.allclose(out, cnn(x), atol=1e-4)
     out.sum().backward()
     assert all(p.grad is not None for p in net.skips.parameters())
@@ -87,7 +91,7 @@ def test_merge_instances(mlp: nn.Sequential) -> None:
         r"shape.*\(skip \(2, 32\), branch \(2, 16\)\).*Concat\(out_channels",
     ):
         add_skip(mlp, "1", "3", merge=sk.Concat(), example=x)
-    with pytest.raises(ValueError, match=r"merge Gate changes it .*merge='gate'"):
+    with pytest.raises(ValueError, match=r"merge 'gate' .* cannot: .*Fix: merge='tanh_gate'"):
         add_skip(mlp, "1", "3", merge=sk.Gate(), example=x)
 
 
@@ -124,7 +128,7 @@ def test_several_skips_short_and_long_compose(mlp: nn.Sequential) -> None:
     x = torch.randn(3, 8)
     net = add_skip(mlp, "1", "3", example=x)
     net = add_skip(net, "1", "13", merge="concat", example=x)
-    net = add_skip(net, "3", "13", merge="gate", example=x)
+    net = add_skip(net, "3", "13", merge="tanh_gate", example=x)
     net = add_skip(net, "0", "", example=x)  # into the model's output: (3, 16) -> (3, 3)
     assert [s.dst for s in net.skips] == ["3", "13", "13", ""]
     torch.testing.assert_close(net(x), mlp(x), atol=1e-6, rtol=0)
@@ -302,13 +306,51 @@ def test_train_and_eval_reach_the_adapters(cnn: nn.Sequential) -> None:
     assert not any(m.training for m in net.modules())
 
 
+class HalfAdd(sk.Merge):
+    """A merge defined outside skipkit: ``s + b / 2`` never equals ``b``."""
+
+    def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
+        return skip + branch / 2
+
+
 def test_custom_merge_that_does_not_start_at_identity_is_rejected(mlp: nn.Sequential) -> None:
     with pytest.raises(
-        ValueError, match=r"1 -> 5: with zero_init=True .* merge Scale changes.*merge='rezero' or"
+        ValueError,
+        match=r"1 -> 5: with zero_init=True .* merge HalfAdd \(HalfAdd\(s, b\)\) changes it "
+        r"by up to .*Fix: use a merge that starts as b \('add', 'concat', 'film'",
     ):
-        add_skip(mlp, "1", "5", merge=sk.Scale(0.0), example=torch.randn(2, 8))
+        add_skip(mlp, "1", "5", merge=HalfAdd(), example=torch.randn(2, 8))
     net = add_skip(mlp, "1", "5", merge=sk.Scale(0.5), example=torch.randn(2, 8), zero_init=False)
     assert isinstance(added(net)[0].merge, sk.Scale)
+
+
+FIXES = {
+    "mul": "film",
+    "gate": "tanh_gate",
+    "rezero": "rezero_skip",
+    "skipinit": "rezero_skip",
+    "layerscale": "layerscale_skip",
+}
+
+
+@pytest.mark.parametrize("merge", NO_ZERO_START)
+def test_merges_that_cannot_start_as_dst_are_refused_with_zero_init(
+    mlp: nn.Sequential, merge: str
+) -> None:
+    formula = resolve_merge(merge).formula
+    fix = FIXES[merge]
+    with pytest.raises(ValueError) as e:
+        add_skip(mlp, "1", "5", merge=merge, example=torch.randn(2, 8))
+    assert str(e.value).startswith(
+        f"1 -> 5: with zero_init=True the new skip must start as dst's output b, but merge "
+        f"{merge!r} ({formula}) cannot: "
+    )
+    assert f"Fix: merge={fix!r} ({resolve_merge(fix).formula}), which starts as b; " in str(e.value)
+    assert str(e.value).endswith(
+        f"or zero_init=False to keep {merge!r} with its default initialisation"
+    )
+    with pytest.raises(ValueError, match=rf"merge {merge!r}"):  # an instance alike
+        add_skip(mlp, "1", "5", merge=resolve_merge(merge), example=torch.randn(2, 8))
 
 
 # ----------------------------------------------------------------------------- errors

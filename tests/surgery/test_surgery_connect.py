@@ -80,8 +80,8 @@ def test_pair_of_inputs_and_prefixed_paths() -> None:
     net = connect(a, b, {"a.0": "b.1"}, merge="concat", example=(xa, xb))
     torch.testing.assert_close(net(xa, xb), b(xb), atol=1e-6, rtol=0)
     # Composition: one more link with another merge.
-    net2 = add_skip(net, "a.1", "b.2", merge="gate", example=(xa, xb))
-    assert [s.merge for s in list_skips(net2)] == ["concat", "gate"] and len(net.skips) == 1
+    net2 = add_skip(net, "a.1", "b.2", merge="tanh_gate", example=(xa, xb))
+    assert [s.merge for s in list_skips(net2)] == ["concat", "tanh_gate"] and len(net.skips) == 1
     torch.testing.assert_close(net2(xa, xb), b(xb), atol=1e-6, rtol=0)
     remove_skip(net2, "b.2")
     assert [s.dst for s in list_skips(net2)] == ["b.1"]

@@ -34,7 +34,8 @@ def test_guide_snippets_run_and_print_what_the_guide_says(
     for block in re.findall(r"```python\n(.*?)```", guide, re.S):
         exec(compile(block, "docs/guide_surgery.md", "exec"), namespace)
     printed = capsys.readouterr().out.splitlines()
-    assert len(printed) == 6
+    assert len(printed) == 7
     for line in printed:
-        if line.startswith("skips."):  # list_skips rows are quoted as comments in the guide
+        # list_skips rows and the error's fix are quoted as comments in the guide
+        if line.startswith(("skips.", "merge=")):
             assert f"# {line}" in guide

@@ -28,7 +28,7 @@ def test_core_and_added_skips_are_listed() -> None:
     model = core_model().eval()
     x = torch.randn(2, 4, 8, 8)
     net = add_skip(model, "0", "2", example=x)
-    net = add_skip(net, "1", "", merge="rezero", example=x)
+    net = add_skip(net, "1", "", merge="rezero_skip", example=x)
     infos = list_skips(net)
     assert [(i.path, i.kind, i.added) for i in infos] == [
         ("model.0", "Residual", False),
@@ -43,12 +43,18 @@ def test_core_and_added_skips_are_listed() -> None:
         dst="2",
         shortcut="Conv2d+BatchNorm2d",
         merge="add",
+        formula="s + b",
         parameters=8 * 16 + 2 * 16,
         enabled=True,
         added=True,
     )
     assert (infos[3].tap, infos[3].dst) == ("1", "")
-    assert infos[3].shortcut == "AdaptiveAvgPool2d+Flatten+Linear+ZeroGain"  # scalar α
+    # the scalar α is the merge's, on the added skip: the model's own output stays whole
+    assert (infos[3].shortcut, infos[3].merge, infos[3].formula) == (
+        "AdaptiveAvgPool2d+Flatten+Linear",
+        "rezero_skip",
+        "b + α*s",
+    )
     assert infos[0].tap == "input" and infos[0].shortcut == "Conv2d+BatchNorm2d"
     assert json.loads(json.dumps(infos[0].to_dict()))["kind"] == "Residual"
     with sk.skips_disabled(net):

@@ -85,7 +85,7 @@ def test_torch_save_whole_module(grafted: tuple[nn.Module, torch.Tensor], tmp_pa
 def test_torch_compile_matches_eager_and_trains(mlp: nn.Sequential) -> None:
     x = torch.randn(4, 8)
     net = add_skip(mlp, "1", "9", example=x, zero_init=False)
-    net = add_skip(net, "3", "11", merge="gate", example=x)
+    net = add_skip(net, "3", "11", merge="tanh_gate", example=x)
     expected = net(x)
     compiled = torch.compile(net, backend="aot_eager")
     inner = net.model

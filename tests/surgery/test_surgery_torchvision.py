@@ -53,14 +53,14 @@ CASES: dict[str, tuple[Callable[[], nn.Module], list[tuple[str, str, str]]]] = {
         [
             ("features.0", "features.8", "add"),  # conv → inplace ReLU: src is copied
             ("features.4", "features.17", "concat"),
-            ("features.10", "classifier.0", "gate"),
+            ("features.10", "classifier.0", "tanh_gate"),
         ],
     ),
     "mobilenet_v2": (
         mobilenet_v2,
         [
             ("features.2", "features.6", "add"),
-            ("features.1.conv.0", "features.3", "mul"),
+            ("features.1.conv.0", "features.3", "film"),
             ("features.4", "classifier.1", "concat"),
         ],
     ),
@@ -69,8 +69,8 @@ CASES: dict[str, tuple[Callable[[], nn.Module], list[tuple[str, str, str]]]] = {
         [
             ("layer1", "layer3", "add"),
             ("conv1", "layer4.1", "concat"),
-            ("layer2.0.bn1", "layer2.1.conv2", "rezero"),
-            ("layer2", "fc", "gate"),
+            ("layer2.0.bn1", "layer2.1.conv2", "rezero_skip"),
+            ("layer2", "fc", "tanh_gate"),
         ],
     ),
 }

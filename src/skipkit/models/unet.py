@@ -42,6 +42,7 @@ decoder map is one pixel short of the encoder feature at those levels. ``align``
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
@@ -135,6 +136,8 @@ class CropSkip(Merge):
         super().__init__()
         self.inner = inner
         self.match_channels = inner.match_channels  # type: ignore[misc]
+        self._name = inner.name
+        self._formula = re.sub(r"\bs\b", "crop(s)", inner.formula)
 
     def setup(
         self,
@@ -256,10 +259,7 @@ class LongSkip(SkipModule):
         )
 
     def describe(self) -> SkipInfo:
-        inner = self.merge.inner if isinstance(self.merge, CropSkip) else self.merge
-        return dataclasses.replace(
-            super().describe(), shortcut=f"align={self.align}", merge=type(inner).__name__
-        )
+        return dataclasses.replace(super().describe(), shortcut=f"align={self.align}")
 
     def extra_repr(self) -> str:
         return f"align={self.align!r}, level={self.level}"

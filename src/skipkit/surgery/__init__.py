@@ -19,8 +19,9 @@
 
 from __future__ import annotations
 
+from skipkit.merges import TanhGate
 from skipkit.skips import SkipInfo, skips_disabled
-from skipkit.surgery.adapters import Modulate, TanhGate, ToMap, ZeroGain
+from skipkit.surgery.adapters import Modulate, ToMap, ZeroGain
 from skipkit.surgery.added import AddedSkip
 from skipkit.surgery.graft import add_skip, connect
 from skipkit.surgery.listing import list_skips, remove_skip

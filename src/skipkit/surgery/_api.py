@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from skipkit.surgery import _paths
+from skipkit.surgery._fx import operation_names
 from skipkit.surgery._paths import show
 
 if TYPE_CHECKING:
@@ -79,8 +80,6 @@ def check_not_an_operation(host: nn.Module, path: str, what: str) -> None:
     """A torch.fx operation name (``"layer1.0.add"``, as :func:`taps` takes) gets its own error."""
     if not isinstance(path, str) or path in _paths.module_paths(host):
         return
-    from skipkit.surgery.taps import operation_names  # taps imports this module
-
     ops = operation_names(host)
     if path not in ops:
         return

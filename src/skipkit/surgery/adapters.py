@@ -1,32 +1,36 @@
 """Adapters for added skips: the shortcut that makes ``src``'s output fit ``dst``'s, and the
 zero initialisation that makes the new skip start as a no-op.
 
-An added skip computes ``y = merge(adapter(s), b)`` where ``s`` is the output of ``src`` and
-``b`` the output of ``dst``. ``y`` must have ``b``'s shape (the layers after ``dst`` expect
-it), and with ``zero_init=True`` it must equal ``b`` exactly at step 0 (ControlNet's zero
-convolutions). What starts at zero, per merge:
+An added skip computes ``y = merge(P(x_src), b)``: the skip ``s = P(x_src)`` is the adapter
+``P`` on the output of ``src``, ``b`` the output of ``dst``. ``y`` must have ``b``'s shape
+(the layers after ``dst`` expect it). A merge string means the formula of
+:mod:`skipkit.merges` here too, with or without ``zero_init``; only ``concat`` is always
+reduced back to ``b``'s width. With ``zero_init=True`` ``y`` equals ``b`` exactly at step 0
+(ControlNet's zero convolutions); what starts at zero, per merge:
 
-=============  ==========================================  ================================
-merge          formula                                     zero at step 0
-=============  ==========================================  ================================
-``add``        ``b + P(s)``                                 last layer of ``P`` (1×1 conv /
-                                                            Linear weight and bias, the BN
-                                                            after a conv, or an appended
-                                                            per-channel :class:`ZeroGain`)
-``concat``     ``R(cat([b, P(s)]))`` back to ``b``'s width  ``R = [I | 0]``: identity on
-                                                            ``b``, zero on the skip
-``mul``        ``b * (1 + P(s))`` (FiLM-style)              last layer of ``P``
-``gate``       ``b + tanh(W P(s) + c) * P(s)``              the gate ``W, c`` (the skip
-                                                            itself stays live, so the gate
-                                                            gets a gradient)
-``rezero``     ``b + α P(s)``, one scalar ``α``             ``α``
-``layerscale`` ``b + γ_c P(s)``, one ``γ`` per channel      ``γ``
-``weighted``   ``a P(s) + w b``                             ``a`` (``w`` starts at 1)
-=============  ==========================================  ================================
+===================  =============================  ===========================================
+merge                formula                        zero at step 0 (``zero_init=True``)
+===================  =============================  ===========================================
+``add``              ``s + b``                      last layer of ``P`` (1×1 conv / Linear
+                                                    weight and bias, the BN after a conv, or
+                                                    an appended per-channel :class:`ZeroGain`)
+``film``             ``b * (1 + s)``                last layer of ``P``, as for ``add``
+``concat``           ``R(cat([b, s], C))``          ``R = [I | 0]``: identity on ``b``, zero
+                                                    on the skip
+``tanh_gate``        ``b + tanh(W s + c) * s``      the gate ``W, c`` (the skip stays live, so
+                                                    the gate gets a gradient)
+``rezero_skip``      ``b + α*s``, one scalar        ``α`` (the skip stays live)
+``layerscale_skip``  ``b + γ_c*s``, per channel     ``γ`` (from 1e-5 without ``zero_init``)
+``weighted``         ``a*s + w*b``                  ``a`` (``w`` starts at 1)
+===================  =============================  ===========================================
 
-With ``zero_init=False`` the strings mean the core merges of :mod:`skipkit.merges`
-(``mul`` is ``P(s) * b``, ``gate`` the Highway gate), ``concat`` is still reduced back to
-``b``'s width, and every adapter keeps its default (random) initialisation.
+``mul`` (``s * b``), ``gate`` (Highway), ``rezero`` / ``skipinit`` (``s + α*b``) and
+``layerscale`` (``s + γ_c*b``) cannot start as ``b``: with ``zero_init=True`` they raise a
+``ValueError`` that names the merge that can (``film``, ``tanh_gate``, ``rezero_skip``,
+``layerscale_skip``). With ``zero_init=False`` every merge is accepted, and ``P`` and the
+merge keep their default initialisation. A :class:`~skipkit.Merge` instance follows the same
+rules (its :attr:`~skipkit.Merge.starts_as_branch`); one defined outside skipkit is checked
+after the join.
 """
 
 from __future__ import annotations
@@ -37,28 +41,19 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from skipkit.merges import (
-    Add,
-    Concat,
-    Gate,
-    Merge,
-    Mul,
-    Scale,
-    WeightedSum,
-    channel_transform,
-    resolve_merge,
-)
+from skipkit.merges import MERGES, Concat, Film, Merge, WeightedSum, resolve_merge
 from skipkit.shapes import Layout, ShapeMismatchError, channel_dim, fmt_shape, resolve_layout
 from skipkit.shortcuts import parse_shortcut_kind, plan_shortcut
 
 Shape = tuple[int, ...]
 
-# Core merges whose zero-init form is reached through a string.
-_STRING_FORM: dict[type[Merge], str] = {
-    Gate: "'gate'",
-    Mul: "'mul'",
-    Scale: "'rezero' or 'layerscale'",
-    WeightedSum: "'weighted'",
+# For each merge that cannot start as b: why not, and the merge that can.
+_NO_ZERO_START: dict[str, tuple[str, str]] = {
+    "mul": ("it is 0 wherever the skip is 0", "film"),
+    "gate": ("T = sigmoid(W s + c) never reaches 1, so part of s always passes", "tanh_gate"),
+    "rezero": ("with α = 0 it gives the skip s, not b", "rezero_skip"),
+    "skipinit": ("with α = 0 it gives the skip s, not b", "rezero_skip"),
+    "layerscale": ("with γ = 0 it gives the skip s, not b", "layerscale_skip"),
 }
 _GLOBAL_POOL: dict[int, type[nn.Module]] = {
     1: nn.AdaptiveAvgPool1d,
@@ -91,62 +86,14 @@ class ZeroGain(nn.Module):
         return f"channels={tuple(self.gain.shape)}"
 
 
-class Modulate(Merge):
-    """FiLM-style multiplicative merge: ``y = b * (1 + s)``; shapes ``(N, *S), (N, *S)``.
-
-    Equals ``b`` while the skip is zero, so it can start as the identity (``merge="mul"`` with
-    ``zero_init=True``); without the skip: ``b``.
-    """
-
-    def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        if skip.shape != branch.shape:
-            self._check(tuple(skip.shape), tuple(branch.shape))
-        return branch * (1.0 + skip)
-
-
-class TanhGate(Merge):
-    """A gate that starts closed: ``y = b + tanh(W s + c) * s``; shapes ``(N, *S), (N, *S)``.
-
-    ``W`` (1×1 conv or ``nn.Linear`` on the channel dim) and ``c`` start at zero, so
-    ``y = b`` at step 0, as in Flamingo's tanh-gated cross-attention, but the gate depends on
-    the skip per position like a Highway gate. ``dL/dc = g * s`` is not zero, so it opens as
-    it learns. Without the skip: ``b``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.transform: nn.Module | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.transform is not None
-
-    def setup(
-        self,
-        skip_shape: Sequence[int],
-        branch_shape: Sequence[int],
-        layout: Layout | None,
-        *,
-        device: torch.device | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> None:
-        self._check(tuple(skip_shape), tuple(branch_shape))
-        if self.transform is None:
-            self.transform = channel_transform(
-                branch_shape, layout, bias=0.0, zero_weight=True, device=device, dtype=dtype
-            )
-
-    def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        if skip.shape != branch.shape:
-            self._check(tuple(skip.shape), tuple(branch.shape))
-        assert self.transform is not None, "TanhGate used before setup()"
-        return branch + torch.tanh(self.transform(skip)) * skip
+# The name this merge had in skipkit.surgery before it became the core "film" merge.
+Modulate = Film
 
 
 class ProjectedConcat(Concat):
-    """Surgery's ``concat``: ``R(cat([b, s]))`` back to ``b``'s width (a 1×1 conv or Linear
-    ``R``). Without the skip: ``b``, the model the skip was added to (the core
-    :class:`~skipkit.Concat` would give ``R(cat([b, 0]))``)."""
+    """Surgery's ``concat``: ``R(cat([b, s], C))`` back to ``b``'s width (a 1×1 conv or Linear
+    ``R``), the formula of ``Concat(out_channels=...)``. Without the skip: ``b``, the model the
+    skip was added to (the core :class:`~skipkit.Concat` would give ``R(cat([b, 0]))``)."""
 
     def without_skip(self, branch: torch.Tensor) -> torch.Tensor:
         return branch
@@ -189,18 +136,28 @@ def resolve_surgery_merge(spec: str | Merge, *, zero_init: bool, dst_channels: i
     copied, so the caller's module is never shared between skips."""
     if isinstance(spec, Merge):
         return copy.deepcopy(spec)
-    if spec == "concat":
+    if spec == "concat":  # the layers after dst expect its width
         return ProjectedConcat(out_channels=dst_channels)
-    if isinstance(spec, str) and zero_init:
-        table: dict[str, type[Merge]] = {"mul": Modulate, "gate": TanhGate}
-        if spec in table:
-            return table[spec]()
-        if spec == "weighted":
-            return ZeroStartWeightedSum()
-    if spec in ("rezero", "skipinit", "layerscale"):
-        # These scale the *new* path (the skip); the gain lives on the adapter.
-        return Add()
+    if spec == "weighted" and zero_init:
+        return ZeroStartWeightedSum()
     return resolve_merge(spec)
+
+
+def check_zero_start(merge: Merge, *, zero_init: bool, label: str) -> None:
+    """With ``zero_init``, a merge that can never give ``b`` alone is refused up front.
+
+    Raises:
+        ValueError: naming the merge, why it cannot start as ``b``, and the merge that can.
+    """
+    if not zero_init or merge.starts_as_branch != "never":
+        return
+    why, instead = _NO_ZERO_START.get(merge.name, ("it has no parameters that give b", "add"))
+    raise ValueError(
+        f"{label}: with zero_init=True the new skip must start as dst's output b, but merge "
+        f"{merge.name!r} ({merge.formula}) cannot: {why}. Fix: merge={instead!r} "
+        f"({resolve_merge(instead).formula}), which starts as b; or zero_init=False to keep "
+        f"{merge.name!r} with its default initialisation"
+    )
 
 
 def _ends_with(module: nn.Module) -> nn.Module:
@@ -313,49 +270,26 @@ def zero_initialise(
     adapter: nn.Module,
     merge: Merge,
     *,
-    spec: str | Merge,
     zero_init: bool,
     skip_shape: Shape,
     layout: Layout | None,
     custom_shortcut: bool,
 ) -> nn.Module:
-    """Append gains and zero the parts that must start at zero; returns the new adapter."""
-    ndim = len(skip_shape)
-    lay = resolve_layout(layout, ndim)
-    d = channel_dim(lay, ndim)
-    if spec in ("rezero", "skipinit"):
-        return nn.Sequential(adapter, ZeroGain(None, ndim=ndim))
-    if spec == "layerscale":
-        init = 0.0 if zero_init else 1e-5
-        return nn.Sequential(adapter, ZeroGain(skip_shape[d], dim=d, ndim=ndim, init=init))
+    """With ``zero_init``, zero what the module table says (after ``merge.setup``); returns the
+    adapter (with a :class:`ZeroGain` appended where its last layer cannot be zeroed)."""
     if not zero_init:
         return adapter
-    if isinstance(merge, Concat) and merge.reduce is not None:
-        _identity_on_branch(merge.reduce, branch_channels=merge.out_channels or 0)
+    if merge.starts_as_branch == "by_own_parameters":
+        merge.start_as_branch()
         return adapter
-    if isinstance(merge, Add | Modulate):  # strings and instances alike
+    if merge.starts_as_branch == "if_skip_is_zero":
+        ndim = len(skip_shape)
+        d = channel_dim(resolve_layout(layout, ndim), ndim)
         gain = ZeroGain(skip_shape[d], dim=d, ndim=ndim)
         if custom_shortcut:  # the user's module keeps its weights; a gain follows it
             return nn.Sequential(adapter, gain)
         return _zero_last(adapter, gain)
-    return adapter
-
-
-def _identity_on_branch(reduce: nn.Module, *, branch_channels: int) -> None:
-    """``R = [I | 0]``: the reduction passes the branch through and ignores the skip."""
-    weight = reduce.weight
-    assert isinstance(weight, torch.Tensor)
-    with torch.no_grad():
-        weight.zero_()
-        eye = torch.eye(branch_channels, dtype=weight.dtype, device=weight.device)
-        weight[:, :branch_channels] = eye.view(*eye.shape, *(1,) * (weight.ndim - 2))
-        if isinstance(reduce.bias, torch.Tensor):
-            reduce.bias.zero_()
-
-
-def merge_label(spec: str | Merge, merge: Merge) -> str:
-    """How :func:`skipkit.list_skips` names the merge: the string given, or the class."""
-    return spec if isinstance(spec, str) else type(merge).__name__
+    return adapter  # a merge defined elsewhere: check_join tells whether it starts as b
 
 
 def check_join(
@@ -378,29 +312,23 @@ def check_join(
         err = (out - dst_out).abs().max().item() if out.numel() else 0.0
         scale = 1.0 + (dst_out.abs().max().item() if dst_out.numel() else 0.0)
         if not err <= 1e-6 * scale:
-            twin = _STRING_FORM.get(type(merge))
-            use = (
-                f"pass merge={twin} (its zero-init form) instead of a {type(merge).__name__} module"
-                if twin
-                else "use a merge string ('add', 'concat', 'mul', 'gate', 'rezero', "
-                "'layerscale', 'weighted'), whose adapters start at zero"
-            )
+            can = [n for n in sorted(MERGES) if resolve_merge(n).starts_as_branch != "never"]
             raise ValueError(
                 f"{label}: with zero_init=True the new skip must leave dst's output unchanged "
-                f"at step 0, but merge {type(merge).__name__} changes it by up to {err:.3g}. "
-                f"Fix: {use}; or pass zero_init=False"
+                f"at step 0, but merge {merge.name} ({merge.formula}) changes it by up to "
+                f"{err:.3g}. Fix: use a merge that starts as b ({', '.join(map(repr, can))}), "
+                "or give yours a starts_as_branch (see skipkit.Merge); or pass zero_init=False"
             )
 
 
 __all__ = [
     "Modulate",
     "ProjectedConcat",
-    "TanhGate",
     "ToMap",
     "ZeroGain",
     "ZeroStartWeightedSum",
     "check_join",
-    "merge_label",
+    "check_zero_start",
     "plan_adapter",
     "resolve_surgery_merge",
     "skip_shape_after",

@@ -35,7 +35,7 @@ class AddedSkip(SkipModule):
             :class:`Connected`).
         adapter: the shortcut (identity, 1×1 conv + BN, Linear, resample, …, plus any gain).
         merge: a :class:`skipkit.Merge`.
-        merge_name: the merge as given (``"add"``, ``"rezero"``, …).
+        merge_name: the merge's name (``"add"``, ``"rezero_skip"``, …; ``merge.name``).
         clone_src: copy src's output when taken, because a later layer modifies it in place.
     """
 
@@ -46,8 +46,8 @@ class AddedSkip(SkipModule):
         adapter: nn.Module,
         merge: Merge,
         *,
-        merge_name: str,
         zero_init: bool,
+        merge_name: str | None = None,
         clone_src: bool = False,
         src_shape: Sequence[int] = (),
         dst_shape: Sequence[int] = (),
@@ -56,7 +56,7 @@ class AddedSkip(SkipModule):
         self.src, self.dst = src, dst
         self.adapter: nn.Module = adapter
         self.merge: Merge = merge
-        self.merge_name = merge_name
+        self.merge_name = merge.name if merge_name is None else merge_name
         self.zero_init = zero_init
         self.clone_src = clone_src
         self.src_shape = tuple(int(s) for s in src_shape)
@@ -93,6 +93,7 @@ class AddedSkip(SkipModule):
             dst=self.dst,
             shortcut=module_summary(self.adapter),
             merge=self.merge_name,
+            formula=self.merge.formula,
             parameters=sum(p.numel() for p in self.parameters()),
             enabled=self.skip_enabled,
             added=True,

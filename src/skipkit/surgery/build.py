@@ -13,7 +13,7 @@ from skipkit.surgery import _paths
 from skipkit.surgery._paths import first_tensor, show
 from skipkit.surgery.adapters import (
     check_join,
-    merge_label,
+    check_zero_start,
     plan_adapter,
     resolve_surgery_merge,
     skip_shape_after,
@@ -65,6 +65,7 @@ def build_skip(
     cdim = channel_dim(resolve_layout(layout, len(d_shape)), len(d_shape))
     merge = resolve_surgery_merge(merge_spec, zero_init=zero_init, dst_channels=d_shape[cdim])
     merge.path = label
+    check_zero_start(merge, zero_init=zero_init, label=label)
     kind = "module" if isinstance(shortcut, nn.Module) else shortcut
     adapter = plan_adapter(
         s_shape,
@@ -85,7 +86,6 @@ def build_skip(
     adapter = zero_initialise(
         adapter,
         merge,
-        spec=merge_spec,
         zero_init=zero_init,
         skip_shape=skip_shape,
         layout=layout,
@@ -97,7 +97,6 @@ def build_skip(
         dst,
         adapter,
         merge,
-        merge_name=merge_label(merge_spec, merge),
         zero_init=zero_init,
         clone_src=seen_version != seen[src].version,
         src_shape=s_shape,

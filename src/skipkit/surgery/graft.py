@@ -88,9 +88,13 @@ def add_skip(
         model: any ``nn.Module`` (fx-traceable or not: hooks do the work).
         src, dst: module paths as in ``model.named_modules()`` (``''`` is the whole model,
             usable as ``dst``), or the submodules themselves.
-        merge: ``"add"`` (default), ``"concat"`` (reduced back to dst's width), ``"mul"``,
-            ``"gate"``, ``"rezero"``, ``"skipinit"``, ``"layerscale"``, ``"weighted"`` or a
-            :class:`skipkit.Merge` (see :mod:`skipkit.surgery.adapters` for the formulas).
+        merge: a string of :mod:`skipkit.merges` (the same formula as in the core, with
+            ``s`` = the adapter's output on src's, ``b`` = dst's output): ``"add"``
+            (default), ``"concat"`` (reduced back to dst's width), ``"film"``,
+            ``"tanh_gate"``, ``"rezero_skip"``, ``"layerscale_skip"``, ``"weighted"``; with
+            ``zero_init=False`` also ``"mul"``, ``"gate"``, ``"rezero"``, ``"skipinit"``,
+            ``"layerscale"``, which cannot start as dst's output. Or a :class:`skipkit.Merge`
+            (see :mod:`skipkit.surgery.adapters` for what starts at zero).
         shortcut: ``"auto"`` (identity, 1×1 conv + BN with stride, Linear, resample, crop,
             global pool + Linear for maps into vectors), another kind of
             :func:`skipkit.plan_shortcut`, or an ``nn.Module`` mapping src's output to what
@@ -98,9 +102,9 @@ def add_skip(
         example: an input for ``model`` (a tensor; a tuple of positional arguments; a dict
             of keyword arguments). Required: one forward pass finds the shapes and checks
             the order. It runs in eval mode without gradients.
-        zero_init: start the adapter at zero, so the result computes exactly the original
-            function at step 0 (ControlNet's zero convolutions) and then learns to use the
-            skip.
+        zero_init: start the adapter (or the merge's gate, scale or reduction) at zero, so
+            the result computes exactly the original function at step 0 (ControlNet's zero
+            convolutions) and then learns to use the skip.
         layout: ``"NC"`` / ``"NLC"`` / ``"NF"``; inferred from dst, src or the model.
 
     Returns:
@@ -109,7 +113,8 @@ def add_skip(
     Raises:
         ValueError: an unknown path (with close matches), ``src == dst``, a module that runs
             more than once per forward or not at all, ``dst`` running before ``src``, a merge
-            that does not start as the identity with ``zero_init``, or no ``example``.
+            that cannot start as dst's output with ``zero_init`` (naming the one that can),
+            or no ``example``.
         ShapeMismatchError: no shortcut fits src's output to dst's.
     """
     if not isinstance(model, nn.Module):
