@@ -110,7 +110,7 @@ class ModelSource:
         return torch.stack(xs), torch.as_tensor(ys)
 
 
-# ------------------------------------------------------------------------ helpers
+# ----------------------------------------------------------------------------- helpers
 
 
 def _name(depth: int, skip: bool) -> str:
@@ -118,10 +118,12 @@ def _name(depth: int, skip: bool) -> str:
 
 
 def net_label(depth: int, skip: bool) -> str:
+    """The name the report shows: ``ResNet-56`` or ``plain-56``."""
     return f"{'ResNet' if skip else 'plain'}-{depth}"
 
 
 def twin_colors(depths: Sequence[int]) -> dict[tuple[int, bool], str]:
+    """A colour per ``(depth, skip)``: plain nets warm, residual nets cool, darker = deeper."""
     order = sorted(set(depths))
     picks = [1 + round(2 * i / max(len(order) - 1, 1)) for i in range(len(order))]
     out = {}
@@ -131,6 +133,7 @@ def twin_colors(depths: Sequence[int]) -> dict[tuple[int, bool], str]:
 
 
 def png_bytes(fig: Any) -> bytes:
+    """A matplotlib figure as PNG bytes (120 dpi), for :class:`ReportSection` images."""
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     return buf.getvalue()
