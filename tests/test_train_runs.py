@@ -227,7 +227,7 @@ def test_too_few_classes_are_refused_before_training(tmp_path: Path) -> None:
 def test_one_safe_load_weights(tmp_path: Path) -> None:
     import skipkit.models
     import skipkit.train
-    from skipkit._io import read_state_dict
+    from skipkit._weights import read_state_dict
 
     assert skipkit.train.load_weights is skipkit.models.load_weights
     model = _model()
@@ -257,7 +257,7 @@ def test_safetensors_whose_header_length_starts_with_0x80_is_not_read_as_a_pickl
 ) -> None:
     import safetensors.torch
 
-    from skipkit._io import read_state_dict
+    from skipkit._weights import read_state_dict
 
     # find a state_dict whose safetensors header length has 0x80 as its first byte
     for n in range(1, 400):

@@ -2,38 +2,30 @@
 
 They live outside :mod:`skipkit.diagnostics` (whose package imports torch) so that ``skipkit
 --help`` stays torch-free; the handlers are in :mod:`skipkit.diagnostics.cli`, imported when
-a command runs.
+a command runs (see :data:`skipkit.cli.HANDLERS`).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 from typing import Any
 
 from skipkit._cliargs import (
     DATASET_NAMES,
     add_model_arg,
+    add_out,
+    add_parser,
     device,
     integer,
     positive_int,
     real,
 )
-from skipkit.cli import add_out, add_parser
 
 __all__ = ["VARIANTS", "add_parsers"]
 
 VARIANTS = {"both": (False, True), "skip": (True,), "no-skip": (False,), "plain": (False,)}
 """``--variants``: ``no-skip`` is the plain twin (``skip=False``, as ``--no-skip`` elsewhere);
 ``plain`` is kept as an alias."""
-
-
-def _handler(name: str) -> Any:
-    def run(args: argparse.Namespace) -> int:
-        impl = importlib.import_module("skipkit.diagnostics.cli")
-        return int(getattr(impl, name)(args))
-
-    return run
 
 
 def _add_model(p: argparse.ArgumentParser, *, several: bool = False) -> None:
@@ -105,7 +97,6 @@ def add_parsers(sub: Any) -> None:
     _add_data(p, examples=128, what="batch size of the measured pass")
     p.add_argument("--ranks", action="store_true", help="also effective ranks (an SVD/layer)")
     add_out(p, "gradflow", resume=None)
-    p.set_defaults(func=_handler("_cmd_gradflow"))
 
     p = add_parser(
         sub,
@@ -158,7 +149,6 @@ def add_parsers(sub: Any) -> None:
         "--weights are given",
     )
     add_out(p, "landscape", resume="continue an interrupted grid in --out (same settings)")
-    p.set_defaults(func=_handler("_cmd_landscape"))
 
     p = add_parser(
         sub,
@@ -199,4 +189,3 @@ def add_parsers(sub: Any) -> None:
         "--validate-examples", type=integer(1, 10_000_000), default=512, help="for validation"
     )
     add_out(p, "advise", resume=None)
-    p.set_defaults(func=_handler("_cmd_advise"))

@@ -1,7 +1,8 @@
 """Parser of ``skipkit transformers`` (see :mod:`skipkit.experiments.transformer`).
 
 It lives outside the experiment module (which imports torch) so that ``skipkit --help`` stays
-torch-free; the handler imports the experiment when the command runs.
+torch-free; the handler, :func:`skipkit.experiments.transformer.run_command`, is imported
+when the command runs (see :data:`skipkit.cli.HANDLERS`).
 """
 
 from __future__ import annotations
@@ -9,8 +10,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from skipkit._cliargs import integer
-from skipkit.cli import add_out, add_parser
+from skipkit._cliargs import add_out, add_parser, integer
 
 __all__ = ["MAX_TRANSFORMER_DEPTH", "add_parsers"]
 
@@ -26,12 +26,6 @@ def _depths(text: str) -> tuple[int, ...]:
             f"expected comma-separated depths such as 2,6; got {text!r}"
         )
     return tuple(parse(p) for p in parts)
-
-
-def _run(args: argparse.Namespace) -> int:
-    from skipkit.experiments.transformer import run_command
-
-    return run_command(args)
 
 
 def add_parsers(sub: Any) -> None:
@@ -61,4 +55,3 @@ def add_parsers(sub: Any) -> None:
         help="training steps per model (default: 500; --quick: 60)",
     )
     add_out(p, "transformers", resume=None)
-    p.set_defaults(func=_run)

@@ -12,13 +12,20 @@ import ast
 import math
 import re
 import sys
-from collections.abc import Callable
+import textwrap
+from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
+
+from skipkit._lazy import load
 
 __all__ = [
     "Formatter",
     "Parser",
+    "add_data",
     "add_model_arg",
+    "add_out",
+    "add_parser",
+    "add_recipe",
     "device",
     "echo",
     "int_list",
@@ -31,6 +38,13 @@ __all__ = [
 
 DATASET_NAMES = ("mnist1d", "cifar10", "cifar100", "synthetic")
 """The names of :data:`skipkit.data.DATASETS`, here so that help needs no torch."""
+
+# the demo's settings: its parser's help shows them and its handler uses them
+DEMO_DEPTHS = (20, 56)
+DEMO_EPOCHS = 20
+QUICK_DEPTHS = (8, 14)
+QUICK_EPOCHS = 2
+MAX_DEPTH = 1202  # He et al.'s deepest CIFAR net; deeper ones do not fit a laptop's memory
 
 
 class Parser(argparse.ArgumentParser):
@@ -167,7 +181,7 @@ def device(text: str) -> str:
     kind, index = m.group(1), m.group(2)
     if kind == "cpu":
         return "cpu"
-    import torch  # only when a GPU device is asked for
+    torch = load("torch")  # only when a GPU device is asked for (see skipkit._lazy)
 
     if kind == "cuda":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
@@ -184,6 +198,92 @@ def device(text: str) -> str:
             f"{text!r} needs Apple's MPS backend, which is not available; use --device cpu"
         )
     return f"{kind}:{index}" if index is not None else kind
+
+
+# ------------------------------------------------------------------------- shared options
+
+RESUME_HELP = (
+    "continue the run in --out from its newest checkpoint that verifies; the config, model and "
+    "data must be those of the run (each difference is listed), only --epochs may change, to "
+    "extend the run"
+)
+
+
+def add_out(p: argparse.ArgumentParser, command: str, *, resume: str | None = RESUME_HELP) -> None:
+    """``--out``, ``--resume`` (when ``resume`` is its help)/``--overwrite`` and ``--quiet``:
+    the run-folder options."""
+    g = p.add_argument_group("output (a run folder: see docs/guide_training.md)")
+    g.add_argument(
+        "--out",
+        default=None,
+        help=f"output folder (default: a new folder runs/{command}/<date-time>)",
+    )
+    x = g.add_mutually_exclusive_group()
+    if resume is not None:
+        x.add_argument("--resume", action="store_true", help=resume)
+    else:
+        p.set_defaults(resume=False)
+    x.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in --out: remove the files an earlier run listed in its manifest "
+        "(files skipkit did not write stay)",
+    )
+    g.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def add_recipe(p: argparse.ArgumentParser, *, epochs: int) -> None:
+    g = p.add_argument_group("training recipe (defaults: He et al.'s CIFAR ResNet recipe)")
+    g.add_argument(
+        "--epochs",
+        type=integer(1, 100_000),
+        default=epochs,
+        help="passes over the training set; the one setting --resume may change",
+    )
+    g.add_argument("--batch-size", type=integer(1, 65_536), default=128, help="examples per step")
+    g.add_argument("--lr", type=real(0, 10, low_open=True), default=0.1, help="peak learning rate")
+    g.add_argument(
+        "--momentum",
+        type=real(0, 1, high_open=True),
+        default=None,
+        help="SGD momentum (default: 0.9; SGD only)",
+    )
+    g.add_argument("--weight-decay", type=real(0, 1), default=1e-4, help="L2 weight decay")
+    g.add_argument(
+        "--schedule",
+        choices=("onecycle", "cosine", "step", "none"),
+        default="onecycle",
+        help="learning-rate schedule",
+    )
+    g.add_argument("--seed", type=integer(0, 2**32 - 1), default=0, help="init and data order")
+    g.add_argument(
+        "--device",
+        type=device,
+        default=None,
+        help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)",
+    )
+
+
+def add_data(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """``--dataset`` and ``--data-dir``."""
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", default="mnist1d", help=f"one of {', '.join(DATASET_NAMES)}")
+    g.add_argument(
+        "--data-dir",
+        default=None,
+        help="CIFAR: folder holding cifar-10-batches-py/ or cifar-100-python/; MNIST-1D: cache "
+        "folder (default: $SKIPKIT_CACHE or ~/.cache/skipkit)",
+    )
+    return g
+
+
+def add_parser(sub: Any, name: str, *, examples: Sequence[str], **kw: Any) -> Any:
+    """A subcommand parser with the shared error style, help layout and an example epilog."""
+    if "description" in kw:  # the raw layout keeps the epilog's lines; wrap the prose here
+        kw["description"] = textwrap.fill(kw["description"], 88)
+    return sub.add_parser(
+        name, formatter_class=Formatter, epilog=example(*examples), prog=f"skipkit {name}", **kw
+    )
 
 
 # ------------------------------------------------------------------------------------ output

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from collections.abc import Iterable
 from contextlib import suppress
@@ -26,6 +27,9 @@ from typing import Any
 
 from skipkit._io import atomic_write_bytes, atomic_write_text, read_json, sha256_bytes, sha256_file
 from skipkit.errors import CheckpointError
+
+if sys.platform != "win32":
+    import fcntl
 
 __all__ = [
     "LOCK_NAME",
@@ -116,9 +120,7 @@ class _Lock:
 
     def acquire(self) -> str | None:
         """``None`` when acquired, else a note about the holder (its pid when known)."""
-        try:
-            import fcntl
-        except ImportError:  # Windows: no flock; runs there are not protected against a twin
+        if sys.platform == "win32":  # no flock; runs there are not protected against a twin
             return None
         while True:
             self.created = not self.path.exists()

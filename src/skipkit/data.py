@@ -15,10 +15,12 @@ name           x per item    classes       train    source
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
 import random
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
 from skipkit._io import atomic_write_bytes, read_regular_bytes
+from skipkit._lazy import import_optional, load
 
 __all__ = [
     "CIFAR_MEAN",
@@ -115,9 +118,6 @@ def mnist1d(
 
 def _read_mnist1d_cache(path: Path) -> dict[str, np.ndarray] | None:
     """The cached arrays, or ``None`` (with a warning) when the cache is unusable."""
-    import io
-    import zipfile
-
     try:
         data = read_regular_bytes(path, what="MNIST-1D cache file")
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
@@ -132,8 +132,8 @@ def _read_mnist1d_cache(path: Path) -> dict[str, np.ndarray] | None:
 
 
 def _build_mnist1d(seed: int) -> dict[str, np.ndarray]:
-    import mnist1d.data as m1d
-
+    # imported here, once per cache, through skipkit._lazy: it takes about 1.4 s
+    m1d = import_optional("mnist1d.data", purpose="building the MNIST-1D dataset")
     args = m1d.get_dataset_args()
     args.seed = seed
     # make_dataset reseeds the global numpy and python generators; keep the caller's streams.
@@ -152,8 +152,6 @@ def _build_mnist1d(seed: int) -> dict[str, np.ndarray]:
 
 
 def _npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
-    import io
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)  # type: ignore[arg-type]
     return buf.getvalue()
@@ -299,7 +297,7 @@ def cifar(
 
 def _download_cifar(root: Path, num_classes: int) -> None:
     try:
-        import torchvision.datasets as tvd
+        tvd = load("torchvision.datasets")  # optional: see skipkit._lazy
     except ImportError as exc:
         raise ValueError(
             "download=True needs torchvision (pip install torchvision); or extract the python "

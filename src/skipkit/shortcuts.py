@@ -122,6 +122,15 @@ class ZeroPad(nn.Module):
         return f"{self.in_channels} -> {self.out_channels}, stride={self.stride}"
 
 
+def center_crop(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """``(N, C, *S) -> (N, C, *size)``: the spatial dims cropped around the centre."""
+    index: list[slice] = [slice(None), slice(None)]
+    for have, want in zip(x.shape[2:], size, strict=True):
+        start = (have - want) // 2
+        index.append(slice(start, start + want))
+    return x[tuple(index)]
+
+
 class CenterCrop(nn.Module):
     """Crop the spatial dims of ``(N, C, *S)`` to ``size`` around the centre (U-Net style)."""
 
@@ -130,11 +139,7 @@ class CenterCrop(nn.Module):
         self.size = tuple(int(s) for s in size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        index: list[slice] = [slice(None), slice(None)]
-        for have, want in zip(x.shape[2:], self.size, strict=True):
-            start = (have - want) // 2
-            index.append(slice(start, start + want))
-        return x[tuple(index)]
+        return center_crop(x, self.size)
 
     def extra_repr(self) -> str:
         return f"size={self.size}"

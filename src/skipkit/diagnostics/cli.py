@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
 import math
 import os
@@ -27,12 +28,25 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
+import skipkit.models as models
 from skipkit._cli_diagnostics import VARIANTS
+from skipkit._cli_runs import claim_out, out_folder
+from skipkit._cliargs import echo, say
 from skipkit._runs import RunFolder, open_run
-from skipkit.cli import claim_out, echo, out_folder, say
+from skipkit._weights import read_state_dict
+from skipkit.data import DATASETS, get_dataset
+from skipkit.diagnostics.advise import advise_with_flow, apply
+from skipkit.diagnostics.gradflow import gradient_flow
+from skipkit.diagnostics.landscape import interpolate, loss_landscape
+from skipkit.diagnostics.plot import plot_gradient_flow
+from skipkit.models import load_weights
+from skipkit.train import TrainConfig, Trainer, seed_everything
+from skipkit.train.distributed import setup as setup_distributed
+from skipkit.train.identity import check_classifier
 
-__all__: list[str] = []
+__all__ = ["cmd_advise", "cmd_gradflow", "cmd_landscape"]
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +66,6 @@ def _device(name: str | None) -> torch.device:
 
 
 def _dataset(args: argparse.Namespace) -> tuple[Any, Any, Any]:
-    import skipkit.models as models
-    from skipkit.data import DATASETS, get_dataset
-
     names = args.model if isinstance(args.model, list) else [args.model]
     for name in names or ():
         if not models.is_registered(name):
@@ -75,9 +86,6 @@ def _subset(data: Any, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 def _build(
     args: argparse.Namespace, name: str, skip: bool, spec: Any, device: torch.device
 ) -> nn.Module:
-    import skipkit.models as models
-    from skipkit.train import seed_everything
-
     if not models.is_registered(name):
         models.create(name)  # raises ValueError with close matches
     kw: dict[str, Any] = {
@@ -93,8 +101,6 @@ def _build(
     except TypeError as exc:
         raise ValueError(f"cannot build {name} for {args.dataset}: {exc}") from exc
     if args.weights:
-        from skipkit.models import load_weights
-
         said = io.StringIO()  # torch.hub prints "Downloading: ..." on stdout
         try:
             with contextlib.redirect_stdout(said):
@@ -117,17 +123,11 @@ def _label(name: str, skip: bool) -> str:
 
 
 def _write_json(run: RunFolder, name: str, doc: Any) -> None:
-    import json
-
     run.write_text(name, json.dumps(doc, indent=1, allow_nan=False) + "\n")
 
 
 def _check(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     """The model must classify the batch (``num_classes`` above every label)."""
-    from torch.utils.data import TensorDataset
-
-    from skipkit.train.identity import check_classifier
-
     check_classifier(model, TensorDataset(x.cpu(), y.cpu()))
 
 
@@ -146,10 +146,7 @@ def _open(args: argparse.Namespace, command: str, files: tuple[str, ...]) -> Run
 # ----------------------------------------------------------------------------------- gradflow
 
 
-def _cmd_gradflow(args: argparse.Namespace) -> int:
-    from skipkit.diagnostics import gradient_flow
-    from skipkit.diagnostics.plot import plot_gradient_flow
-
+def cmd_gradflow(args: argparse.Namespace) -> int:
     names = args.model or ["resnet20", "resnet56"]
     if args.weights and (len(names) > 1 or args.variants == "both"):
         raise ValueError("--weights fits one model: give one --model and --variants skip|no-skip")
@@ -158,17 +155,17 @@ def _cmd_gradflow(args: argparse.Namespace) -> int:
     device = _device(args.device)
     x, y = _subset(train, args.examples, args.seed)
     batch = (x.to(device), y.to(device))
-    models = [
+    built = [
         (name, skip, _build(args, name, skip, spec, device))
         for name in names
         for skip in VARIANTS[args.variants]
     ]
-    for _, _, model in models:
+    for _, _, model in built:
         _check(model, x, y)
     files = ("gradflow.json", "gradflow.png")
     with _open(args, "gradflow", files) as run:
         flows = []
-        for name, skip, model in models:
+        for name, skip, model in built:
             say(args, f"measuring {_label(name, skip)}")
             flows.append(
                 gradient_flow(
@@ -212,10 +209,7 @@ def _check_grid(args: argparse.Namespace) -> None:
         raise ValueError(f"--span LOW HIGH needs LOW < HIGH, got {args.span[0]} {args.span[1]}")
 
 
-def _cmd_landscape(args: argparse.Namespace) -> int:
-    from skipkit._io import read_state_dict
-    from skipkit.train.distributed import setup
-
+def cmd_landscape(args: argparse.Namespace) -> int:
     if args.interpolate and args.weights:
         raise ValueError("give either --weights (random directions) or --interpolate A B")
     if args.interpolate and args.train_epochs:
@@ -223,7 +217,7 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
     _check_grid(args)
     out_folder(args)
     device = _device(args.device)
-    info = setup(device)  # joins the torchrun group, if any
+    info = setup_distributed(device)  # joins the torchrun group, if any
     if info.enabled and args.out is None:
         raise ValueError("under torchrun give --out: every process must write the same folder")
     main = info.rank == 0
@@ -239,8 +233,6 @@ def _cmd_landscape(args: argparse.Namespace) -> int:
     out = run.path if run is not None else Path(args.out)
     try:
         if args.train_epochs > 0 and not args.weights:
-            from skipkit.train import TrainConfig, Trainer
-
             if main:
                 say(args, f"training {args.model} for {args.train_epochs} epochs first")
             cfg = TrainConfig(epochs=args.train_epochs, seed=args.seed, quiet=args.quiet)
@@ -281,8 +273,6 @@ def _landscape(
     ckpt: Path,
     main: bool,
 ) -> Any:
-    from skipkit.diagnostics.landscape import interpolate, loss_landscape
-
     label = _label(args.model, not args.no_skip)
     show = main and not args.quiet and sys.stderr.isatty()
     common: dict[str, Any] = {
@@ -319,10 +309,7 @@ def _landscape(
 # ------------------------------------------------------------------------------------- advise
 
 
-def _cmd_advise(args: argparse.Namespace) -> int:
-    from skipkit.diagnostics.advise import advise_with_flow
-    from skipkit.diagnostics.plot import plot_gradient_flow
-
+def cmd_advise(args: argparse.Namespace) -> int:
     out_folder(args)
     spec, train, _ = _dataset(args)
     device = _device(args.device)
@@ -375,11 +362,6 @@ def _validate(
     device: torch.device,
 ) -> dict[str, float]:
     """Train the model as it is and with the advice, same budget and data; training errors."""
-    from torch.utils.data import TensorDataset
-
-    from skipkit.diagnostics.advise import apply
-    from skipkit.train import TrainConfig, Trainer, seed_everything
-
     x, y = _subset(train, args.validate_examples, args.seed + 1)
     data = TensorDataset(x, y)
     cfg = TrainConfig(

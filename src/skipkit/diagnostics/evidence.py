@@ -17,16 +17,16 @@ import contextlib
 import itertools
 import statistics
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from skipkit.diagnostics._demo import ModelSource, ReportSection, net_label, png_bytes, twin_colors
 from skipkit.diagnostics.lesion import Lesion, lesion
+from skipkit.diagnostics.plot import plot_lesion, plot_shattering
 from skipkit.diagnostics.shatter import Shattering, shattering
-
-if TYPE_CHECKING:
-    from skipkit.diagnostics.sections import ModelSource, ReportSection
+from skipkit.experiments.report import html_table
+from skipkit.skips import SkipModule, skips_disabled
 
 __all__ = ["lesion_section", "shattering_section"]
 
@@ -56,10 +56,6 @@ def lesion_section(
     :func:`skipkit.skips_disabled` (the same function as the plain net), so both are deleted
     through the skip protocol. ``examples`` limits the test set (``None``: all of it).
     """
-    from skipkit.diagnostics.plot import plot_lesion
-    from skipkit.diagnostics.sections import ReportSection, _label, _png, _table
-    from skipkit.skips import SkipModule, skips_disabled
-
     x, y = source.test_set(examples)
     results: list[Lesion] = []
     origins = []
@@ -72,7 +68,12 @@ def lesion_section(
         with skips_disabled(model) if not skip else contextlib.nullcontext():
             results.append(
                 lesion(
-                    model, (x, y), k=usable, sets=sets, seed=source.seed, name=_label(depth, skip)
+                    model,
+                    (x, y),
+                    k=usable,
+                    sets=sets,
+                    seed=source.seed,
+                    name=net_label(depth, skip),
                 )
             )
     res, plain = results
@@ -93,7 +94,7 @@ def lesion_section(
                 f"{_pct(top[kmax]['mean'])} (k={kmax})",
             ]
         )
-    table = _table(
+    table = html_table(
         [
             "network",
             "intact",
@@ -118,7 +119,7 @@ def lesion_section(
         "the number of blocks deleted at random inside the stages (mean, and min–max over "
         "the sets)."
     )
-    return ReportSection("Lesion study", text + table, [(caption, _png(fig))], data)
+    return ReportSection("Lesion study", text + table, [(caption, png_bytes(fig))], data)
 
 
 def _lesion_text(res: Lesion, plain: Lesion, depth: int, chance: float, n: int) -> str:
@@ -199,16 +200,13 @@ def shattering_section(
 ) -> ReportSection:
     """Balduzzi et al.'s gradient correlation of the plain and residual nets of every depth at
     initialization, and of the trained deepest pair when the demo has trained it."""
-    from skipkit.diagnostics.plot import plot_shattering
-    from skipkit.diagnostics.sections import ReportSection, _colors, _label, _png, _table
-
     x, _ = source.train_batch(lines)
     keys = [(d, s) for d in sorted(depths) for s in (False, True)]
-    colors = _colors(depths)
+    colors = twin_colors(depths)
     init: list[Shattering] = []
     for d, s in keys:
         model = source.initial(d, s)
-        init.append(_shatter(model, x, points, radius, source.seed, _label(d, s)))
+        init.append(_shatter(model, x, points, radius, source.seed, net_label(d, s)))
     deep = max(depths)
     trained: list[Shattering] = []
     origins: list[str] = []
@@ -217,19 +215,19 @@ def shattering_section(
         if have is not None:
             model, origin = source.trained(deep, s)
             origins.append(origin)
-            trained.append(_shatter(model, x, points, radius, source.seed, _label(deep, s)))
+            trained.append(_shatter(model, x, points, radius, source.seed, net_label(deep, s)))
     images = [
         (
             "At initialization: correlation of the input gradients of two inputs against their "
             "distance (dashed = plain, solid = residual; darker = deeper).",
-            _png(plot_shattering(init, colors=[colors[k] for k in keys])),
+            png_bytes(plot_shattering(init, colors=[colors[k] for k in keys])),
         )
     ]
     if len(trained) == 2:
         images.append(
             (
                 f"After training: the same for plain-{deep} and ResNet-{deep}.",
-                _png(
+                png_bytes(
                     plot_shattering(trained, colors=[colors[(deep, False)], colors[(deep, True)]])
                 ),
             )
@@ -245,7 +243,7 @@ def shattering_section(
         for i, r in enumerate([*init, *trained])
     ]
     step = init[0].offsets[1]
-    table = _table(
+    table = html_table(
         [
             "network",
             "weights",

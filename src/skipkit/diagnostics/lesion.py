@@ -55,6 +55,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from skipkit.diagnostics.plot import plot_lesion
 from skipkit.merges import Mul
 from skipkit.skips import SkipModule
 
@@ -184,8 +185,6 @@ class Lesion:
 
     def plot(self, path: str | os.PathLike[str] | None = None, **kw: Any) -> Figure:
         """:func:`skipkit.diagnostics.plot.plot_lesion` of this result alone."""
-        from skipkit.diagnostics.plot import plot_lesion
-
         return plot_lesion([self], path, **kw)
 
 

@@ -1,5 +1,6 @@
 """Pictures of the diagnostics. The only module of :mod:`skipkit.diagnostics` that uses
-matplotlib; it is imported when a function here runs, and only its object-oriented API
+matplotlib; it is imported when a function here runs (through :func:`_mpl`: it takes
+about 0.7 s, see :mod:`skipkit._lazy`), and only its object-oriented API
 (``Figure`` rendered by the Agg canvas) is used, so no window opens and the caller's pyplot
 backend is left alone.
 
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from skipkit._lazy import import_optional
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -42,10 +45,14 @@ _FLOW_PANELS = {
 }
 
 
-def _figure(width: float, height: float) -> Figure:
-    from matplotlib.figure import Figure
+def _mpl(name: str) -> Any:
+    """The module ``matplotlib.<name>``, imported on first use."""
+    return import_optional(f"matplotlib.{name}", purpose="plotting")
 
-    return Figure(figsize=(width, height), layout="constrained")
+
+def _figure(width: float, height: float) -> Figure:
+    figure: Figure = _mpl("figure").Figure(figsize=(width, height), layout="constrained")
+    return figure
 
 
 def _save(fig: Figure, path: PathLike | None, dpi: int) -> Figure:
@@ -78,8 +85,7 @@ def plot_gradient_flow(
     """
     if not flows:
         raise ValueError("plot_gradient_flow needs at least one GradientFlow")
-    from matplotlib.ticker import MaxNLocator
-
+    ticker = _mpl("ticker")
     fig = _figure(4.6 * len(keys), 3.9)
     axes = fig.subplots(1, len(keys), squeeze=False)[0]
     names = list(labels) if labels is not None else [f.name for f in flows]
@@ -93,7 +99,7 @@ def plot_gradient_flow(
             ax.plot(xs[ok], ys[ok], style, color=color, lw=1.6, marker=".", ms=4, label=names[i])
         if key != "response_std":  # a std near 1 reads better on a linear axis
             ax.set_yscale("log")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.set_xlabel("layer (depth, input → output)")
         ax.set_title(_FLOW_PANELS.get(key, key), fontsize=11)
         ax.grid(True, which="major", alpha=0.3)
@@ -132,9 +138,7 @@ def plot_flow_in_time(
     im = ax.imshow(grid, aspect="auto", cmap="viridis", extent=extent, interpolation="nearest")
     ticks = np.unique(np.linspace(0, len(history) - 1, min(len(history), 8)).round().astype(int))
     ax.set_xticks(ticks, [str(steps[t]) for t in ticks])
-    from matplotlib.ticker import MaxNLocator
-
-    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.yaxis.set_major_locator(_mpl("ticker").MaxNLocator(integer=True))
     ax.set_xlabel("training step")
     ax.set_ylabel("layer (depth)")
     fig.colorbar(im, ax=ax, label=f"log10 {_FLOW_PANELS.get(key, key)}")
@@ -153,15 +157,14 @@ def _log_loss(loss: np.ndarray) -> np.ndarray:
 
 def _levels(zs: Sequence[np.ndarray], n: int = 24) -> np.ndarray:
     """Round contour levels covering every finite value of ``zs``."""
-    from matplotlib.ticker import MaxNLocator
-
     finite = np.concatenate([z[np.isfinite(z)].ravel() for z in zs] or [np.zeros(1)])
     if finite.size == 0:
         finite = np.zeros(1)
     lo, hi = float(finite.min()), float(finite.max())
     if hi - lo < 1e-9:
         hi = lo + 1e-3
-    ticks: np.ndarray = np.array(list(MaxNLocator(nbins=n).tick_values(lo, hi)), dtype=float)
+    locator = _mpl("ticker").MaxNLocator(nbins=n)
+    ticks: np.ndarray = np.array(list(locator.tick_values(lo, hi)), dtype=float)
     first, last = ticks[ticks <= lo].max(), ticks[ticks >= hi].min()
     return ticks[(ticks >= first) & (ticks <= last)]
 
@@ -346,8 +349,7 @@ def plot_lesion(
     cols = _palette(len(lesions), colors)
     fig = _figure(13.0, 4.2)
     ax, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [2.2, 1]})
-    from matplotlib.patches import Patch
-
+    Patch = _mpl("patches").Patch
     width = 0.8 / len(lesions)
     for j, b in enumerate(lesions[0].blocks):
         if b.stage_change:

@@ -18,21 +18,23 @@ weights are the demo's), and, when the demo has trained them, the weights in
 from __future__ import annotations
 
 import html
-import io
 import logging
 import math
 import os
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from skipkit.diagnostics._demo import ModelSource, ReportSection, net_label, png_bytes, twin_colors
+from skipkit.diagnostics.evidence import lesion_section, shattering_section
 from skipkit.diagnostics.gradflow import GradientFlow, gradient_flow
 from skipkit.diagnostics.landscape import Landscape, loss_landscape
+from skipkit.diagnostics.plot import plot_gradient_flow, plot_landscapes
+from skipkit.experiments.degradation import check_depth
+from skipkit.experiments.report import html_table
 
 __all__ = [
     "ModelSource",
@@ -43,104 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-# the report's colours: plain nets warm, residual nets cool, darker = deeper
-_PLAIN = ("#f4a582", "#d6604d", "#b2182b", "#67001f")
-_RESIDUAL = ("#92c5de", "#4393c3", "#2166ac", "#053061")
-
-
-@dataclass
-class ReportSection:
-    """A section of the HTML report: ``add_section(s.title, s.html, s.images, data=s.data)``."""
-
-    title: str
-    html: str
-    images: list[tuple[str, bytes]] = field(default_factory=list)
-    data: dict[str, Any] = field(default_factory=dict)  # the numbers behind it, JSON-ready
-
-
-class ModelSource:
-    """The demo's networks and data: initial weights from ``seed``, trained weights from
-    ``runs`` (or, when a run is missing, ``train_epochs`` of the default recipe here, once).
-
-    Args:
-        runs: the demo's ``out_dir/runs`` folder, or ``None``.
-        dataset: a name of :data:`skipkit.data.DATASETS`.
-        seed: the demo's seed.
-        train_epochs: epochs for a network whose weights are not in ``runs``.
-    """
-
-    def __init__(
-        self,
-        runs: Path | None = None,
-        *,
-        dataset: str = "mnist1d",
-        seed: int = 0,
-        train_epochs: int = 8,
-    ) -> None:
-        from skipkit.data import DATASETS
-
-        self.runs, self.dataset, self.seed, self.train_epochs = runs, dataset, seed, train_epochs
-        self.num_classes = DATASETS[dataset].num_classes
-        self._fitted: dict[tuple[int, bool], dict[str, torch.Tensor]] = {}
-
-    def initial(self, depth: int, skip: bool, *, as_residual: bool = False) -> nn.Module:
-        """The network at the demo's initial weights; ``as_residual`` builds the residual
-        architecture with the plain net's weights (run it in ``skips_disabled``)."""
-        from skipkit.experiments.degradation import build_model
-        from skipkit.train import seed_everything
-
-        seed_everything(self.seed)  # the demo's initial weights
-        model = build_model(depth, skip=skip, dataset=self.dataset)
-        if as_residual and not skip:
-            residual = build_model(depth, skip=True, dataset=self.dataset)
-            residual.load_state_dict(model.state_dict())
-            model = residual
-        return model
-
-    def weights(self, depth: int, skip: bool) -> Path | None:
-        """The demo's trained weights of this network, if it has them."""
-        if self.runs is None:
-            return None
-        path = self.runs / _name(depth, skip) / "model.safetensors"
-        return path if path.is_file() else None
-
-    def trained(
-        self, depth: int, skip: bool, *, as_residual: bool = False
-    ) -> tuple[nn.Module, str]:
-        """The trained network and where its weights come from (a phrase for the text)."""
-        from skipkit.models import load_weights
-
-        model = self.initial(depth, skip, as_residual=as_residual)
-        path = self.weights(depth, skip)
-        if path is not None:
-            load_weights(model, path)
-            return model, f"the demo's trained {_label(depth, skip)}"
-        if (depth, skip) not in self._fitted:
-            from skipkit.data import get_dataset
-            from skipkit.train import TrainConfig, Trainer
-
-            net = self.initial(depth, skip)
-            train, _ = get_dataset(self.dataset)
-            cfg = TrainConfig(epochs=self.train_epochs, seed=self.seed, quiet=True, device="cpu")
-            Trainer(net, train, None, cfg).fit()
-            self._fitted[(depth, skip)] = {k: v.clone() for k, v in net.state_dict().items()}
-        model.load_state_dict(self._fitted[(depth, skip)])
-        return model, f"{_label(depth, skip)} trained for {self.train_epochs} epochs"
-
-    def train_batch(self, n: int, offset: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` training examples drawn with ``seed + offset``: ``x (n, C, *S)``, ``y (n,)``."""
-        return _batch(self.dataset, n, self.seed + offset)
-
-    def test_set(self, n: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """The first ``n`` test examples (``None``: all)."""
-        from skipkit.data import get_dataset
-
-        _, test = get_dataset(self.dataset)
-        size = len(test)  # type: ignore[arg-type]
-        count = size if n is None else min(n, size)
-        xs, ys = zip(*(test[i] for i in range(count)), strict=True)
-        return torch.stack(xs), torch.as_tensor(ys)
 
 
 def report_sections(
@@ -189,9 +93,6 @@ def _sections(
     quick: bool,
     progress: bool,
 ) -> list[ReportSection]:
-    from skipkit.diagnostics.evidence import lesion_section, shattering_section
-    from skipkit.experiments.degradation import check_depth
-
     for d in depths:
         check_depth(d)
     deep = check_depth(landscape_depth if landscape_depth is not None else max(depths))
@@ -219,48 +120,6 @@ def _sections(
     ]
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def _name(depth: int, skip: bool) -> str:
-    return f"{'residual' if skip else 'plain'}-{depth}"
-
-
-def _label(depth: int, skip: bool) -> str:
-    return f"{'ResNet' if skip else 'plain'}-{depth}"
-
-
-def _colors(depths: Sequence[int]) -> dict[tuple[int, bool], str]:
-    order = sorted(set(depths))
-    picks = [1 + round(2 * i / max(len(order) - 1, 1)) for i in range(len(order))]
-    out = {}
-    for d, k in zip(order, picks, strict=True):
-        out[(d, False)], out[(d, True)] = _PLAIN[k], _RESIDUAL[k]
-    return out
-
-
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    return buf.getvalue()
-
-
-def _batch(dataset: str, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    from skipkit.data import get_dataset
-
-    train, _ = get_dataset(dataset)
-    size = len(train)  # type: ignore[arg-type]
-    idx = torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:n]
-    xs, ys = zip(*(train[int(i)] for i in idx), strict=True)
-    return torch.stack(xs), torch.as_tensor(ys)
-
-
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    from skipkit.experiments.report import html_table
-
-    return html_table(headers, rows)
-
-
 # ------------------------------------------------------------------------- gradient flow
 
 
@@ -282,25 +141,23 @@ def gradient_flow_section(
     """Gradient norm against depth for the plain and residual twins at each depth, at
     initialization, and He et al.'s Fig. 7 (response std per layer) for the trained nets when
     their weights are in ``runs`` (``source`` replaces ``dataset``, ``seed`` and ``runs``)."""
-    from skipkit.diagnostics.plot import plot_gradient_flow
-
     src = source or ModelSource(runs, dataset=dataset, seed=seed)
     batch = src.train_batch(examples)
-    colors = _colors(depths)
+    colors = twin_colors(depths)
     keys = [(d, s) for d in sorted(depths) for s in (False, True)]
     init: list[GradientFlow] = []
     trained: list[GradientFlow] = []
     for d, s in keys:
         model = src.initial(d, s)
-        init.append(gradient_flow(model, batch, nn.CrossEntropyLoss(), name=_label(d, s)))
+        init.append(gradient_flow(model, batch, nn.CrossEntropyLoss(), name=net_label(d, s)))
         if src.weights(d, s) is not None:
             model, _ = src.trained(d, s)
-            trained.append(gradient_flow(model, batch, nn.CrossEntropyLoss(), name=_label(d, s)))
+            trained.append(gradient_flow(model, batch, nn.CrossEntropyLoss(), name=net_label(d, s)))
     images = [
         (
             "At initialization: gradient norm of each layer's output and of its weights against "
             "depth (log scale; dashed = plain, solid = residual).",
-            _png(
+            png_bytes(
                 plot_gradient_flow(
                     init,
                     keys=("act_grad_norm", "weight_grad_norm"),
@@ -315,7 +172,7 @@ def gradient_flow_section(
             (
                 "After training: gradient norms, and the std of each layer's response after BN "
                 "(before the addition) — He et al. 2015, Fig. 7.",
-                _png(plot_gradient_flow(trained, colors=[colors[k] for k in have])),
+                png_bytes(plot_gradient_flow(trained, colors=[colors[k] for k in have])),
             )
         )
     rows = []
@@ -329,13 +186,13 @@ def gradient_flow_section(
                 f"{statistics.median(ratios):.2f}" if ratios else "—",
             ]
         )
-    table = _table(
+    table = html_table(
         ["network (at init)", "layers", "‖∂L/∂a‖ first/last block layer (decades)", "grad ratio"],
         rows,
     )
     by = {f.name: _trunk_decades(f) for f in init}
     deep = max(depths)
-    plain, res = by.get(_label(deep, False), math.nan), by.get(_label(deep, True), math.nan)
+    plain, res = by.get(net_label(deep, False), math.nan), by.get(net_label(deep, True), math.nan)
     text = (
         "<p>One forward and backward pass over a batch of training data, per network, at the "
         "demo's initial weights. Plotted is the norm of the loss gradient at each layer's "
@@ -370,8 +227,6 @@ def landscape_section(
     """Li et al.'s 2-D loss landscape of the residual net of ``depth`` and its plain twin,
     trained (weights from ``runs``, or ``train_epochs`` of the default recipe here; ``source``
     replaces ``dataset``, ``seed``, ``runs`` and ``train_epochs``)."""
-    from skipkit.diagnostics.plot import plot_landscapes
-
     src = source or ModelSource(runs, dataset=dataset, seed=seed, train_epochs=train_epochs)
     x, y = src.train_batch(examples, offset=1)
     lands: list[Landscape] = []
@@ -387,7 +242,7 @@ def landscape_section(
                 steps=steps,
                 seed=src.seed,
                 progress=progress,
-                name=_label(depth, skip),
+                name=net_label(depth, skip),
             )
         )
     fig = plot_landscapes(lands, labels=[land.name for land in lands])
@@ -402,7 +257,9 @@ def landscape_section(
                 f"{100 * s['nonconvex']:.0f}%",
             ]
         )
-    table = _table(["network", "loss at the weights", "largest loss", "non-convex points"], rows)
+    table = html_table(
+        ["network", "loss at the weights", "largest loss", "non-convex points"], rows
+    )
     res, plain = (land.summary()["nonconvex"] for land in lands)
     verdict = (
         f"As in Li et al., the surface without skips is the rougher one: {100 * plain:.0f}% of "
@@ -426,7 +283,7 @@ def landscape_section(
         "summary": [land.summary() for land in lands],
         "landscapes": [land.to_dict() for land in lands],
     }
-    return ReportSection("Loss landscape", text + table, [(_caption(depth), _png(fig))], data)
+    return ReportSection("Loss landscape", text + table, [(_caption(depth), png_bytes(fig))], data)
 
 
 def _caption(depth: int) -> str:

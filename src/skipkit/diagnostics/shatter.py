@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from skipkit.diagnostics.plot import plot_shattering
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -92,8 +94,6 @@ class Shattering:
 
     def plot(self, path: str | os.PathLike[str] | None = None, **kw: Any) -> Figure:
         """:func:`skipkit.diagnostics.plot.plot_shattering` of this result alone."""
-        from skipkit.diagnostics.plot import plot_shattering
-
         return plot_shattering([self], path, **kw)
 
 

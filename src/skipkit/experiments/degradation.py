@@ -28,10 +28,13 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
+import skipkit.models as models
 from skipkit._io import atomic_write_text, read_json
 from skipkit._runs import RunFolder, open_run
 from skipkit.data import DATASETS, get_dataset
+from skipkit.models.resnet_cifar import cifar_resnet
 from skipkit.train import TrainConfig, Trainer, seed_everything
 
 __all__ = [
@@ -148,8 +151,6 @@ def build_model(depth: int, *, skip: bool, dataset: str = "mnist1d", **kw: Any) 
     ``(N, C, *S) -> (N, num_classes)`` with ``C``, ``S`` and ``num_classes`` from
     :data:`skipkit.data.DATASETS` (MNIST-1D: 1-D convolutions on ``(N, 1, 40)``).
     """
-    import skipkit.models as models
-
     check_depth(depth)
     spec = DATASETS[dataset]
     opts: dict[str, Any] = {
@@ -161,8 +162,6 @@ def build_model(depth: int, *, skip: bool, dataset: str = "mnist1d", **kw: Any) 
     name = f"resnet{depth}"
     if models.is_registered(name):
         return models.create(name, skip=skip, **opts)
-    from skipkit.models.resnet_cifar import cifar_resnet
-
     return cifar_resnet(depth, skip=skip, **opts)
 
 
@@ -457,8 +456,6 @@ class _Progress:
     """One bar over all epochs of all runs, read from the runs' ``metrics.json`` files."""
 
     def __init__(self, out: Path, names: list[str], epochs: int) -> None:
-        from tqdm import tqdm
-
         self.files = [out / "runs" / n / "metrics.json" for n in names]
         self.bar = tqdm(total=len(names) * epochs, unit="epoch", desc="training", leave=False)
 

@@ -28,7 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
+
+from skipkit import __version__
 from skipkit._io import atomic_write_bytes, atomic_write_text
+from skipkit._lazy import import_optional
 from skipkit.experiments.degradation import DegradationResult, ModelRun
 
 if TYPE_CHECKING:
@@ -144,8 +148,6 @@ class Report:
         return {s.key: s.data for s in self.sections if s.data}
 
     def to_html(self) -> str:
-        from skipkit import __version__
-
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         sub = f"<p class=sub>{html.escape(self.subtitle)}</p>" if self.subtitle else ""
         body = "\n".join(s.to_html() for s in self.sections)
@@ -214,15 +216,20 @@ def html_table(
 # ------------------------------------------------------------------------------------ figures
 
 
+def _figure(width: float, height: float) -> Figure:
+    """A matplotlib figure (matplotlib is imported on first use: see :mod:`skipkit._lazy`)."""
+    module = import_optional("matplotlib.figure", purpose="plotting")
+    figure: Figure = module.Figure(figsize=(width, height), layout="constrained")
+    return figure
+
+
 def plot_degradation(result: DegradationResult) -> Figure:
     """Training error per epoch, plain nets left and residual nets right (He et al. Fig. 6).
 
     Solid lines: training error; dashed: test error. One shared y-axis, in percent.
     """
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ticker = import_optional("matplotlib.ticker", purpose="plotting")
+    fig = _figure(11, 4.2)
     axes = fig.subplots(1, 2, sharey=True)
     for ax, skip, colors in ((axes[0], False, _PLAIN), (axes[1], True, _RESIDUAL)):
         kind = "residual" if skip else "plain"
@@ -247,7 +254,7 @@ def plot_degradation(result: DegradationResult) -> Figure:
             )
         ax.set_title(f"{kind.capitalize()} networks", fontsize=13)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.legend(frameon=False, fontsize=9)
         ax.set_ylim(bottom=0)
@@ -257,9 +264,7 @@ def plot_degradation(result: DegradationResult) -> Figure:
 
 def plot_final_errors(result: DegradationResult) -> Figure:
     """Final training and test error of every run as grouped bars (percent)."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(11, 3.4), layout="constrained")
+    fig = _figure(11, 3.4)
     ax = fig.subplots()
     names = [r.name for r in result.runs]
     xs = range(len(names))
@@ -480,8 +485,6 @@ def _finite(v: Any) -> Any:
 def environment() -> dict[str, Any]:
     """What bit-exact numbers depend on: the torch build, the CPU instruction set torch's
     kernels use (``ATEN_CPU_CAPABILITY``), the cores and the python version."""
-    import torch
-
     return {
         "torch": torch.__version__,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),

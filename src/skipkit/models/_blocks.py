@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from skipkit._io import read_state_dict as read_file
+from skipkit._weights import read_state_dict as read_file
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def read_state_dict(weights: WeightsSpec, *, progress: bool = False) -> dict[str
     Raises:
         FileNotFoundError: the path does not exist.
         CheckpointError: (a ``ValueError``) the file is not a regular file, is damaged, or
-            holds more than tensors (read by :func:`skipkit._io.read_state_dict`).
+            holds more than tensors (read by :func:`skipkit._weights.read_state_dict`).
         TypeError: ``weights`` is of another type.
     """
     if isinstance(weights, Mapping):

@@ -56,6 +56,7 @@ from skipkit.merges import Add, Concat, Merge
 from skipkit.models._blocks import BATCHNORM, CONV, WeightsSpec, check_dims, load_weights
 from skipkit.models._registry import register_model
 from skipkit.shapes import Layout, ShapeMismatchError, fmt_shape
+from skipkit.shortcuts import center_crop
 from skipkit.skips import SkipInfo, SkipModule
 
 __all__ = ["ALIGNS", "ConvBlock", "CropSkip", "LongSkip", "UNet", "UpStage", "unet"]
@@ -120,13 +121,6 @@ class ConvBlock(nn.Sequential):
         super().__init__(OrderedDict(layers))
 
 
-def _center_crop(x: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """``(N, C, *S) -> (N, C, *size)`` around the centre."""
-    index = [slice(None), slice(None)]
-    index += [slice((e - d) // 2, (e - d) // 2 + d) for e, d in zip(x.shape[2:], size, strict=True)]
-    return x[tuple(index)]
-
-
 class CropSkip(Merge):
     """``inner(crop(s), b)``: the encoder feature centre-cropped to the decoder map's size,
     then joined by ``inner`` (``align="crop"``, the paper's way). Shapes: ``(N, C_s, *S_enc),
@@ -152,7 +146,7 @@ class CropSkip(Merge):
         self.inner.setup(cropped, branch_shape, layout, device=device, dtype=dtype)
 
     def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.inner(_center_crop(skip, tuple(branch.shape[2:])), branch)
+        out: torch.Tensor = self.inner(center_crop(skip, branch.shape[2:]), branch)
         return out
 
     def without_skip(self, branch: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ Example::
 
 from __future__ import annotations
 
-from skipkit.models._blocks import load_weights
+from skipkit.models import load_weights
 from skipkit.train.checkpoint import save_weights
 from skipkit.train.config import TrainConfig, lr_factor
 from skipkit.train.distributed import teardown
