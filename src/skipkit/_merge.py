@@ -28,11 +28,15 @@ class Merge(nn.Module):
         starts_as_branch: how the merge can give ``b`` alone at step 0:
             ``"if_skip_is_zero"``, ``"by_own_parameters"`` (:meth:`start_as_branch`),
             ``"never"``, or ``None`` when unknown (a merge defined outside skipkit).
+        neutral_branch: the branch value that deletes the branch (a lesion,
+            :func:`skipkit.diagnostics.lesion_study`): 0 for the sums, gates and concat,
+            1 for the products (``mul``: ``s``; ``film``: ``1 + s``).
     """
 
     match_channels: ClassVar[bool] = True
     path: str | None = None
     starts_as_branch: StartsAsBranch = None
+    neutral_branch: ClassVar[float] = 0.0
     _name: str = ""
     _formula: str = ""
 

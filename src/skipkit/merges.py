@@ -88,6 +88,7 @@ class Mul(Merge):
     _name = "mul"
     _formula = "s * b"
     starts_as_branch: StartsAsBranch = "never"
+    neutral_branch: ClassVar[float] = 1.0
 
     def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if skip.shape != branch.shape:
@@ -105,6 +106,7 @@ class Film(Merge):
     _name = "film"
     _formula = "b * (1 + s)"
     starts_as_branch: StartsAsBranch = "if_skip_is_zero"
+    neutral_branch: ClassVar[float] = 1.0
 
     def forward(self, skip: torch.Tensor, branch: torch.Tensor) -> torch.Tensor:
         if skip.shape != branch.shape:

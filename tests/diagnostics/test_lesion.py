@@ -83,6 +83,8 @@ def test_a_zeroed_branch_changes_nothing() -> None:
         ("weighted", lambda blk, s: blk.merge.weights[0] * s),
         ("gate", lambda blk, s: (1 - torch.sigmoid(blk.merge.transform(s))) * s),
         ("mul", lambda blk, s: s),
+        ("film", lambda blk, s: 1 + s),
+        ("tanh_gate", lambda blk, s: torch.tanh(blk.merge.transform(s)) * s),
     ],
 )
 def test_deleting_a_block_leaves_its_shortcut_through_the_merge(merge, deleted) -> None:

@@ -10,7 +10,8 @@ Every skip is a :class:`skipkit.SkipModule`, ``y = post(merge(shortcut(x), branc
 protocol's parts (no instance is patched):
 
 - a block with its skip on: the branch's output is replaced, at the merge's input, by the
-  value that makes it contribute nothing, so the block computes ``post(merge(shortcut(x), 0))``:
+  value that makes it contribute nothing (:attr:`Merge.neutral_branch <skipkit.merges.Merge>`),
+  so the block computes ``post(merge(shortcut(x), 0))``:
 
   ================  ===========================  ======================================
   merge             the deleted block            meaning
@@ -27,6 +28,8 @@ protocol's parts (no instance is patched):
                                                  merge reduces)
   mul               ``post(shortcut(x))``        the branch is replaced by ones, the
                                                  neutral element of ``·``
+  film              ``post(1 + shortcut(x))``    the same (``1·(1 + s)``)
+  tanh_gate         ``post(tanh(W s + c) · s)``  the gated skip alone
   ================  ===========================  ======================================
 
 - a block with its skip off (the plain twin, :func:`skipkit.skips_disabled`): the whole block
@@ -56,7 +59,6 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from skipkit.diagnostics.plot import plot_lesion
-from skipkit.merges import Mul
 from skipkit.skips import SkipModule
 
 if TYPE_CHECKING:
@@ -202,12 +204,11 @@ class _Deletion:
         self.blocks = blocks
         self.fired: set[str] = set()
 
-    def _merge_hook(self, name: str, neutral_ones: bool) -> Callable[..., Any]:
+    def _merge_hook(self, name: str, neutral: float) -> Callable[..., Any]:
         def hook(_merge: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
             self.fired.add(name)
             skip, branch = args[0], args[1]
-            gone = torch.ones_like(branch) if neutral_ones else torch.zeros_like(branch)
-            return (skip, gone, *args[2:])
+            return (skip, torch.full_like(branch, neutral), *args[2:])
 
         return hook
 
@@ -227,7 +228,7 @@ class _Deletion:
         try:
             for name, block in self.blocks:
                 if block.skip_enabled:
-                    hook = self._merge_hook(name, isinstance(block.merge, Mul))
+                    hook = self._merge_hook(name, block.merge.neutral_branch)
                     handles.append(block.merge.register_forward_pre_hook(hook))
                 else:
                     handles.append(block.register_forward_hook(self._identity_hook(name, block)))
