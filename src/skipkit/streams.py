@@ -120,7 +120,8 @@ class _SinkhornRounds(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         saved = ctx.saved_tensors
-        g = grad.clone()  # updated in place below; autograd's grad must not change
+        # updated in place below (autograd's grad must not change), in the (S, S, B) layout
+        g = grad.clone(memory_format=torch.contiguous_format)
         for i in range(len(saved) - 2, -1, -2):
             y, total = saved[i], saved[i + 1]
             dim = 0 if (i // 2) % 2 else 1  # the half-rounds alternate rows (1), columns (0)
@@ -369,6 +370,10 @@ class HyperConnection(SkipModule):
         if isinstance(x, tuple):
             x = x[0]
         self._check_streams(x)
+        if x.stride(-2) == 0 and self.streams > 1:
+            # expand_streams' view: the products below would copy it matrix by matrix (a BLAS
+            # matrix cannot have a zero row stride), one copy here is cheaper
+            x = x.contiguous()
         s = self.streams
         batch = x.shape[:-2]
         if self.skip_enabled:
