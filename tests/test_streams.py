@@ -205,6 +205,24 @@ def test_fused_forward_equals_the_protocol_parts(
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_fused_gradients_through_reduce_streams(dynamic: bool) -> None:
+    # the mean over the streams hands the layer an expanded gradient (stride 0)
+    hc = _perturbed(sk.HyperConnection(mlp(), S, layer_index=0, dynamic=dynamic))
+    x = torch.randn(2, 3, S, D, dtype=torch.float64)
+
+    def fused(h: torch.Tensor) -> torch.Tensor:
+        return sk.reduce_streams(hc(h))
+
+    def generic(h: torch.Tensor) -> torch.Tensor:
+        return sk.reduce_streams(sk.SkipModule.forward(hc, h))
+
+    for a, b in zip(
+        _output_and_grads(fused, hc, x), _output_and_grads(generic, hc, x), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
 def test_fused_forward_reads_expanded_streams() -> None:
     # the first layer sees expand_streams' view (stride 0 over the streams)
     hc = _perturbed(sk.HyperConnection(mlp(), S, layer_index=0, constraint="sinkhorn"))

@@ -389,8 +389,10 @@ class HyperConnection(SkipModule):
             h = self.norm(h)
         out = self.layer(h, *args, **kwargs)
         y = main_output(out)  # (N, *, D)
-        b_, y_ = b.unsqueeze(-1), y.unsqueeze(-2)
-        new = b_ * y_ if mixed is None else torch.addcmul(mixed, b_, y_)  # (N, *, S, D)
+        if mixed is None:
+            new = b.unsqueeze(-1) * y.unsqueeze(-2)
+        else:
+            new = _StreamWrite.apply(mixed, b, y)  # (N, *, S, D)
         return new if out is y else replace_main(out, new)
 
     def _check_streams(self, x: torch.Tensor) -> None:
@@ -423,6 +425,43 @@ class HyperConnection(SkipModule):
             f"streams={self.streams}, dim={self.dim}, layer_index={self.layer_index}, "
             f"dynamic={self.dynamic}, constraint={self.constraint!r}"
         )
+
+
+class _StreamWrite(torch.autograd.Function):
+    """``H'' + b ⊗ y``: the mixed streams ``(N, *, S, D)`` plus the layer output ``y``
+    ``(N, *, D)`` written with the weights ``b`` (``(N, *, S)`` or static ``(S,)``). Autograd's
+    ``addcmul`` backward gets ``db`` and ``dy`` from two broadcast products of the full stream
+    size and two sums; here they are two batched products, ``db = dZ y`` and ``dy = b^T dZ``,
+    each reading ``dZ`` once."""
+
+    @staticmethod
+    def forward(ctx: Any, mixed: torch.Tensor, b: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(b, y)
+        return torch.addcmul(mixed, b.unsqueeze(-1), y.unsqueeze(-2))
+
+    @staticmethod
+    def backward(
+        ctx: Any, grad: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        b, y = ctx.saved_tensors
+        # reduce_streams' backward hands the last layer an expanded grad (stride 0 over the
+        # streams), which the batched products would copy matrix by matrix
+        grad = grad.contiguous()
+        # under autocast y may be half precision: compute in grad's dtype, autograd casts the
+        # results back to the inputs' dtypes
+        b, y = b.to(grad.dtype), y.to(grad.dtype)
+        s = grad.shape[-2]
+        db = dy = None
+        if ctx.needs_input_grad[1]:
+            db = torch.matmul(grad, y.unsqueeze(-1)).squeeze(-1)  # (N, *, S)
+            if b.dim() == 1:  # static weights: summed over the tokens
+                db = db.reshape(-1, s).sum(0)
+        if ctx.needs_input_grad[2]:
+            # a static b expanded to the batch: a batched product (broadcasting a matrix over
+            # it would copy the stream tensor)
+            bt = b.expand(*grad.shape[:-1]).unsqueeze(-2)  # (N, *, 1, S)
+            dy = torch.matmul(bt, grad).squeeze(-2)  # (N, *, D)
+        return grad, db, dy
 
 
 def _width_of(body: nn.Module) -> int | None:
