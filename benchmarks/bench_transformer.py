@@ -6,6 +6,7 @@ Run by hand (not a test)::
     python benchmarks/bench_transformer.py --device cuda --batch 64 --context 256 --width 512
     python benchmarks/bench_transformer.py --json out.json
     python benchmarks/bench_transformer.py --only streams --width 512 --heads 8 --context 128
+    python benchmarks/bench_transformer.py --only streams --compile   # inductor fuses the stream ops
 
 Two comparisons, in one run:
 
@@ -162,6 +163,12 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--only", choices=("block", "streams"), default=None, help="one comparison")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the models of the streams comparison (compiled at the warm-up "
+        "steps, minutes for mHC on a CPU)",
+    )
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args()
     if args.threads:
@@ -175,7 +182,7 @@ def main() -> None:
         f"device {device}, torch {torch.__version__}, {platform.machine()}, threads "
         f"{torch.get_num_threads()}, batch {args.batch}, context {args.context}, width "
         f"{args.width}, depth {args.depth}, {args.repeats} rounds x {args.iters} steps; ratios "
-        f"of {clock} medians",
+        f"of {clock} medians{'; streams compiled' if args.compile else ''}",
     ]
     block: dict[str, dict[str, float]] = {}
     if args.only in (None, "block"):
@@ -195,7 +202,13 @@ def main() -> None:
     if args.only in (None, "streams"):
         models = {r: lm(args, r).to(device).train() for r in ("add", "hyper", "mhc")}
         stream_steps = {
-            r: step_fn(m, idx, idx, torch.optim.AdamW(m.parameters(), lr=1e-4), lm_loss=True)
+            r: step_fn(
+                torch.compile(m) if args.compile else m,
+                idx,
+                idx,
+                torch.optim.AdamW(m.parameters(), lr=1e-4),
+                lm_loss=True,
+            )
             for r, m in models.items()
         }
         streams = compare(stream_steps, device, args.repeats, args.iters)
