@@ -101,9 +101,9 @@ def _sinkhorn_scale(k: torch.Tensor, iters: int = SINKHORN_ITERS) -> torch.Tenso
 class _SinkhornRounds(torch.autograd.Function):
     """``iters`` rounds of ``m / m.sum(1)`` (rows) then ``m / m.sum(0)`` (columns) on
     ``(S, S, B)``, with the exact gradient of the unrolled rounds written out: for
-    ``y = x / sum(x)``, ``dx = (dy - sum(dy * y)) / sum(x)``. Autograd's version records
-    four nodes per half-round (120 for 30 rounds) and runs several ops per node backwards;
-    this one runs four ops per half-round and no graph."""
+    ``y = x / sum(x)``, ``dx = (dy - sum(dy * y)) / sum(x)``. Autograd's version records two
+    nodes per half-round (120 for 30 rounds) and runs several ops per node backwards; this
+    one runs four ops per half-round and records no graph."""
 
     @staticmethod
     def forward(ctx: Any, k: torch.Tensor, iters: int) -> torch.Tensor:
@@ -141,7 +141,8 @@ class _RmsProjection(torch.autograd.Function):
     """``rms_norm(H) W`` as ``(H W) * r`` with ``r = rsqrt(mean(H^2) + eps)`` ``(N, *, S, 1)``:
     the same numbers without the normalised ``(N, *, S, D)`` copy of the streams, and a
     backward with one full-size pass for the norm (``dH = dP W^T + c H``, ``c = -r^3
-    sum(dZ P) / D``) where autograd makes three (the norm's backward, its mask, the sum)."""
+    sum(dZ P) / D``) where autograd makes three (the norm's backward product, its mask for
+    zero norms, and the sum of the two gradients of ``H``)."""
 
     @staticmethod
     def forward(ctx: Any, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
