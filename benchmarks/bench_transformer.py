@@ -6,7 +6,7 @@ Run by hand (not a test)::
     python benchmarks/bench_transformer.py --device cuda --batch 64 --context 256 --width 512
     python benchmarks/bench_transformer.py --json out.json
     python benchmarks/bench_transformer.py --only streams --width 512 --heads 8 --context 128
-    python benchmarks/bench_transformer.py --only streams --compile   # inductor fuses the stream ops
+    python benchmarks/bench_transformer.py --only streams --compile    # inductor, all variants
 
 Two comparisons, in one run:
 
