@@ -212,9 +212,9 @@ class StreamMix(nn.Module):
         z: torch.Tensor = self.static
         if h is not None and self.proj is not None and self.scale is not None:
             z = z + _dynamic(h, self.proj, self.scale)  # (N, *, S, S)
-        return self.from_logits(z)
+        return self._from_logits(z)
 
-    def from_logits(self, z: torch.Tensor) -> torch.Tensor:
+    def _from_logits(self, z: torch.Tensor) -> torch.Tensor:
         """``A_r`` from its logits ``(*, S, S)`` (static plus dynamic part)."""
         if self.constraint == "sinkhorn":
             # bounded logits need no shift before exp (sinkhorn's amax), and stay where
@@ -344,11 +344,11 @@ class HyperConnection(SkipModule):
         s = self.streams
         if self.proj is None or self.scale is None or mix.proj is None or mix.scale is None:
             a_m, b = self._from_logits(self.pre_logits, self.post_logits)
-            return a_m, b, mix.from_logits(mix.static)
+            return a_m, b, mix._from_logits(mix.static)
         weight = torch.cat([mix.proj, self.proj], dim=1)  # (D, S + 2)
         scale = torch.cat([mix.scale.expand(s), self.scale])  # (S + 2,)
         dyn = _dynamic(h, weight, scale)  # (N, *, S, S + 2)
-        a_r = mix.from_logits(mix.static + dyn[..., :s])
+        a_r = mix._from_logits(mix.static + dyn[..., :s])
         a_m, b = self._from_logits(
             self.pre_logits + dyn[..., s], self.post_logits + dyn[..., s + 1]
         )
