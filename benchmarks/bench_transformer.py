@@ -5,6 +5,8 @@ Run by hand (not a test)::
     python benchmarks/bench_transformer.py                      # CPU, the sizes below
     python benchmarks/bench_transformer.py --device cuda --batch 64 --context 256 --width 512
     python benchmarks/bench_transformer.py --json out.json
+    python benchmarks/bench_transformer.py --only streams --width 512 --heads 8 --context 128
+    python benchmarks/bench_transformer.py --only streams --compile    # inductor, all variants
 
 Two comparisons, in one run:
 
@@ -18,8 +20,9 @@ Two comparisons, in one run:
 A train step is forward, loss, backward and an optimizer step (SGD for the block stack,
 AdamW for the models). The variants of each comparison run interleaved (A B C, then C B A,
 ...) after warm-up steps, and the ratio of medians is reported, in wall time and in the
-process's CPU time (``process_time``; on a shared machine the steadier one). On CUDA the
-step is synchronized and wall time is the figure.
+process's CPU time (``process_time``; on a shared machine the steadier one), with the range
+of the per-round ratios (each variant against the baseline timed next to it in the same
+round). On CUDA the step is synchronized and wall time is the figure.
 """
 
 from __future__ import annotations
@@ -112,7 +115,9 @@ def timed(step: Callable[[], None], device: torch.device, iters: int) -> tuple[f
 def compare(
     steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, iters: int
 ) -> dict[str, dict[str, float]]:
-    """Median wall / CPU seconds per step of each variant, interleaved, order alternating."""
+    """Median wall / CPU seconds per step of each variant, interleaved, order alternating;
+    ``lo_<clock>`` / ``hi_<clock>``: the smallest / largest per-round ratio to the first
+    variant."""
     for step in steps.values():
         step()
         step()
@@ -121,13 +126,28 @@ def compare(
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
             samples[name].append(timed(steps[name], device, iters))
-    return {
-        name: {
+    base = samples[names[0]]
+    out: dict[str, dict[str, float]] = {}
+    for name, vals in samples.items():
+        out[name] = {
             "wall": statistics.median(s[0] for s in vals),
             "cpu": statistics.median(s[1] for s in vals),
         }
-        for name, vals in samples.items()
-    }
+        for i, clock in enumerate(("wall", "cpu")):
+            ratios = [v[i] / b[i] for v, b in zip(vals, base, strict=True)]
+            out[name][f"lo_{clock}"], out[name][f"hi_{clock}"] = min(ratios), max(ratios)
+    return out
+
+
+def ratio_line(
+    kind: str, results: dict[str, dict[str, float]], base: str, name: str, clock: str, target: float
+) -> str:
+    a, b = results[base], results[name]
+    return (
+        f"{kind:8s} {base} {a[clock] * 1e3:8.1f} ms  {name} {b[clock] * 1e3:8.1f} ms  ratio "
+        f"{b[clock] / a[clock]:.3f} (rounds {b['lo_' + clock]:.2f}-{b['hi_' + clock]:.2f}; "
+        f"target <= {target})"
+    )
 
 
 def main() -> None:
@@ -142,6 +162,13 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--only", choices=("block", "streams"), default=None, help="one comparison")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the models of the streams comparison (compiled at the warm-up "
+        "steps, minutes for mHC on a CPU)",
+    )
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args()
     if args.threads:
@@ -150,40 +177,43 @@ def main() -> None:
     g = torch.Generator().manual_seed(1)
     idx = torch.randint(0, args.vocab, (args.batch, args.context), generator=g).to(device)
 
-    base = lm(args, "add").to(device).train()
-    hand, ours = HandWritten(base), SkipkitStack(base)
-    h = torch.randn(args.batch, args.context, args.width, generator=g).to(device)
-    with torch.no_grad():
-        torch.testing.assert_close(hand(h), ours(h))  # the same function, the same weights
-    block_steps = {
-        name: step_fn(m, h, idx, torch.optim.SGD(m.parameters(), lr=1e-3), lm_loss=False)
-        for name, m in (("hand-written", hand), ("skipkit", ours))
-    }
-    block = compare(block_steps, device, args.repeats, args.iters)
-
-    models = {r: lm(args, r).to(device).train() for r in ("add", "hyper", "mhc")}
-    stream_steps = {
-        r: step_fn(m, idx, idx, torch.optim.AdamW(m.parameters(), lr=1e-4), lm_loss=True)
-        for r, m in models.items()
-    }
-    streams = compare(stream_steps, device, args.repeats, args.iters)
-
     clock = "wall" if device.type == "cuda" else "cpu"
     lines = [
         f"device {device}, torch {torch.__version__}, {platform.machine()}, threads "
         f"{torch.get_num_threads()}, batch {args.batch}, context {args.context}, width "
         f"{args.width}, depth {args.depth}, {args.repeats} rounds x {args.iters} steps; ratios "
-        f"of {clock} medians",
-        f"block    hand-written {block['hand-written'][clock] * 1e3:8.1f} ms  skipkit "
-        f"{block['skipkit'][clock] * 1e3:8.1f} ms  ratio "
-        f"{block['skipkit'][clock] / block['hand-written'][clock]:.3f} (target <= {TARGET_BLOCK})",
+        f"of {clock} medians{'; streams compiled' if args.compile else ''}",
     ]
-    for r in ("hyper", "mhc"):
-        lines.append(
-            f"streams  add {streams['add'][clock] * 1e3:8.1f} ms  {r:5s} "
-            f"{streams[r][clock] * 1e3:8.1f} ms  ratio "
-            f"{streams[r][clock] / streams['add'][clock]:.3f} (target <= {TARGET_STREAMS})"
-        )
+    block: dict[str, dict[str, float]] = {}
+    if args.only in (None, "block"):
+        base = lm(args, "add").to(device).train()
+        hand, ours = HandWritten(base), SkipkitStack(base)
+        h = torch.randn(args.batch, args.context, args.width, generator=g).to(device)
+        with torch.no_grad():
+            torch.testing.assert_close(hand(h), ours(h))  # the same function, the same weights
+        block_steps = {
+            name: step_fn(m, h, idx, torch.optim.SGD(m.parameters(), lr=1e-3), lm_loss=False)
+            for name, m in (("hand-written", hand), ("skipkit", ours))
+        }
+        block = compare(block_steps, device, args.repeats, args.iters)
+        lines.append(ratio_line("block", block, "hand-written", "skipkit", clock, TARGET_BLOCK))
+
+    streams: dict[str, dict[str, float]] = {}
+    if args.only in (None, "streams"):
+        models = {r: lm(args, r).to(device).train() for r in ("add", "hyper", "mhc")}
+        stream_steps = {
+            r: step_fn(
+                torch.compile(m) if args.compile else m,
+                idx,
+                idx,
+                torch.optim.AdamW(m.parameters(), lr=1e-4),
+                lm_loss=True,
+            )
+            for r, m in models.items()
+        }
+        streams = compare(stream_steps, device, args.repeats, args.iters)
+        for r in ("hyper", "mhc"):
+            lines.append(ratio_line("streams", streams, "add", r, clock, TARGET_STREAMS))
     print("\n".join(lines))
     if args.json:
         with open(args.json, "w") as f:

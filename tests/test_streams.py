@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 from torch import nn
 
 import skipkit as sk
-from skipkit.streams import StreamMix, composite_gain, sinkhorn
+from skipkit.streams import SINKHORN_ITERS, StreamMix, composite_gain, sinkhorn
 
 D, S = 16, 4
 
@@ -156,3 +158,114 @@ def test_width_must_be_known_and_streams_must_match() -> None:
     hc = sk.HyperConnection(mlp(), S, layer_index=0)
     with pytest.raises(ValueError, match="expand_streams"):
         hc(torch.randn(2, 5, D))
+
+
+def _perturbed(hc: sk.HyperConnection) -> sk.HyperConnection:
+    """``hc`` in float64 with every parameter moved off its init (so no coefficient is 0/1)."""
+    hc.double()
+    with torch.no_grad():
+        for p in hc.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+    return hc
+
+
+def _output_and_grads(
+    forward: Callable[[torch.Tensor], torch.Tensor], hc: nn.Module, x: torch.Tensor
+) -> list[torch.Tensor]:
+    hc.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_()
+    y = forward(x)
+    weights = torch.randn(y.shape, generator=torch.Generator().manual_seed(1), dtype=y.dtype)
+    (y * weights).sum().backward()
+    assert x.grad is not None
+    # the plain twin leaves the shortcut's parameters without a gradient
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in hc.parameters()]
+    return [y.detach(), x.grad, *grads]
+
+
+@pytest.mark.parametrize("skip", [True, False])
+@pytest.mark.parametrize("constraint", [None, "sinkhorn"])
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_fused_forward_equals_the_protocol_parts(
+    dynamic: bool, constraint: str | None, skip: bool
+) -> None:
+    # HyperConnection.forward fuses shortcut and branch; the protocol's generic path
+    # merge(shortcut(H), branch(H)) is the reference, in values and in every gradient
+    hc = _perturbed(
+        sk.HyperConnection(
+            mlp(), S, layer_index=2, dynamic=dynamic, constraint=constraint, norm="layer"
+        )
+    )
+    hc.skip_enabled = skip
+    x = torch.randn(3, 5, S, D, dtype=torch.float64)
+    fused = _output_and_grads(hc, hc, x)
+    generic = _output_and_grads(lambda h: sk.SkipModule.forward(hc, h), hc, x)
+    assert len(fused) == len(generic) == 2 + len(list(hc.parameters()))
+    for a, b in zip(fused, generic, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dynamic", [True, False])
+def test_fused_gradients_through_reduce_streams(dynamic: bool) -> None:
+    # the mean over the streams hands the layer an expanded gradient (stride 0)
+    hc = _perturbed(sk.HyperConnection(mlp(), S, layer_index=0, dynamic=dynamic))
+    x = torch.randn(2, 3, S, D, dtype=torch.float64)
+
+    def fused(h: torch.Tensor) -> torch.Tensor:
+        return sk.reduce_streams(hc(h))
+
+    def generic(h: torch.Tensor) -> torch.Tensor:
+        return sk.reduce_streams(sk.SkipModule.forward(hc, h))
+
+    for a, b in zip(
+        _output_and_grads(fused, hc, x), _output_and_grads(generic, hc, x), strict=True
+    ):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_fused_forward_reads_expanded_streams() -> None:
+    # the first layer sees expand_streams' view (stride 0 over the streams)
+    hc = _perturbed(sk.HyperConnection(mlp(), S, layer_index=0, constraint="sinkhorn"))
+    x = torch.randn(2, 3, D, dtype=torch.float64)
+    expanded = sk.expand_streams(x, S)
+    torch.testing.assert_close(hc(expanded), hc(expanded.contiguous()), atol=1e-12, rtol=0)
+
+
+def test_a_replaced_merge_is_used() -> None:
+    hc = sk.HyperConnection(mlp(), S, layer_index=1)
+    hc.merge = sk.merges.Mul()
+    h = torch.randn(2, S, D)
+    torch.testing.assert_close(hc(h), hc.shortcut(h) * hc.branch(h))
+
+
+def _unrolled_sinkhorn(logits: torch.Tensor, iters: int) -> torch.Tensor:
+    m = (logits - logits.amax(dim=(-2, -1), keepdim=True)).exp()
+    for _ in range(iters):
+        m = m / m.sum(dim=-1, keepdim=True)
+        m = m / m.sum(dim=-2, keepdim=True)
+    return m
+
+
+@pytest.mark.parametrize("streams", [2, 4])
+def test_sinkhorn_gradient_is_the_unrolled_rounds_gradient(streams: int) -> None:
+    logits = torch.randn(2, 3, streams, streams, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(2, 3, streams, streams, dtype=torch.float64)
+    ours = torch.autograd.grad((sinkhorn(logits) * weights).sum(), logits)[0]
+    ref_m = _unrolled_sinkhorn(logits, SINKHORN_ITERS)
+    ref = torch.autograd.grad((ref_m * weights).sum(), logits)[0]
+    torch.testing.assert_close(sinkhorn(logits), ref_m, atol=1e-14, rtol=0)
+    torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+    assert torch.autograd.gradcheck(lambda z: sinkhorn(z, iters=3), (logits[0, :1],))
+
+
+@pytest.mark.parametrize("constraint", [None, "sinkhorn"])
+def test_trains_under_autocast(constraint: str | None) -> None:
+    # half-precision products inside the custom backward passes: gradients keep the
+    # parameters' dtype and stay finite
+    hc = sk.HyperConnection(mlp(), S, layer_index=0, constraint=constraint, norm="layer")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = hc(torch.randn(2, 3, S, D))
+    out.float().square().mean().backward()
+    for p in hc.parameters():
+        assert p.grad is not None and p.grad.dtype == torch.float32
+        assert bool(torch.isfinite(p.grad).all())
