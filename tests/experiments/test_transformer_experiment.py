@@ -53,18 +53,29 @@ def test_findings_are_derived_from_the_numbers() -> None:
     ]
     runs[-1].gains = [1.0, 1.5, 2.25]  # hyper at depth 4
     runs.append(VariantRun("mhc", 4, final_accuracy=0.95, gains=[1.0, 1.0005], stopped_at=7))
+    runs[-1].steps, runs[-1].accuracy = [10, 20, 30, 40], [0.1, 0.2, 0.5, 0.95]
+    deeper = "\n".join(findings([*runs, *(VariantRun(v, 8, final_accuracy=0.12) for v in accs)], s))
+    assert "At depth 8 the best variants are plain and post and pre and hyper (12.0%)." in deeper
+    assert "From depth 2 to depth 8: plain loses (90.0% -> 12.0%)" in deeper
+    assert "pre loses (90.0% -> 12.0%)" in deeper
     text = "\n".join(findings(runs, s))
     assert "Chance is 10.0%" in text and "(55.0%)" in text  # the bar for "trained"
     assert (
         "Depth 4: test accuracy plain 10.0%, post 50.0%, pre 92.0%, hyper 30.0%, mhc 95.0%" in text
     )
     assert "plain loses (90.0% -> 10.0%), post loses (95.0% -> 50.0%), pre holds" in text
-    assert "At depth 4 the best variant is mhc." in text
+    assert (
+        "Still improving when training stopped" in text
+        and "mhc-4 (+45% in its last 10 steps)" in text
+    )
+    assert "At depth 4 the best variant is mhc (95.0%)." in text
     assert "plain does not train at depth 4 (as expected: yes)" in text
     assert "post-norm degrades at depth 4" in text and "hyper does not train" in text
     assert "hyper: the composite residual-mapping gain over the 3 sublayers" in text
     assert "grows to 2.250" in text and "differs from 1 by at most 5.0e-04" in text
-    assert "mhc-4 stopped at step 7: non-finite loss" in text
+    assert "mhc-4 stopped at step 7: non-finite loss; its curves end there." in text
+    chance = "\n".join(findings([VariantRun("plain", d, final_accuracy=0.12) for d in (1, 2)], s))
+    assert "plain holds (12.0% -> 12.0%, at chance)" in chance
 
 
 TINY = replace(QUICK, pairs=2, keys=4, values=4, width=16, steps=6, eval_every=3, batch=8)
@@ -77,7 +88,8 @@ def _data(s: Settings) -> tuple[torch.Tensor, ...]:
 def test_training_is_deterministic() -> None:
     a, b = (asdict(train_variant("mhc", 1, TINY, _data(TINY))) for _ in range(2))
     for run in (a, b):
-        run.pop("seconds"), run.pop("cpu_seconds")
+        for cost in ("seconds", "flow_seconds", "eval_seconds", "cpu_seconds"):
+            assert run.pop(cost) >= 0
     assert a == b and len(a["gains"]) == 2 and a["steps"] == [3, 6]
 
 
@@ -137,7 +149,7 @@ def test_quick_writes_every_variant_at_every_depth(quick: dict[str, Any]) -> Non
         assert all(math.isfinite(v) and v > 0 for v in r["loss"])
         assert len(r["grad_layers"]) == len(r["grad_norms"]) > 4 * r["depth"]
         assert (r["nonfinite"], r["stopped_at"]) == (0, None)
-        assert r["cpu_seconds"] > 0 and r["seconds"] > 0
+        assert r["cpu_seconds"] > 0 and r["seconds"] > r["flow_seconds"] + r["eval_seconds"] > 0
         multi = r["variant"] in ("hyper", "mhc")
         assert len(r["gains"]) == (2 * r["depth"] if multi else 0)  # one per sublayer
     # the progress lines (not a terminal): one per model

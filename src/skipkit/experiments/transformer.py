@@ -116,6 +116,8 @@ class VariantRun:
     nonfinite: int = 0
     stopped_at: int | None = None
     seconds: float = 0.0
+    flow_seconds: float = 0.0
+    eval_seconds: float = 0.0
     cpu_seconds: float = 0.0
 
     @property
@@ -197,6 +199,7 @@ def train_variant(
     flow = gradient_flow(model, (x_test[: s.batch], y_test[: s.batch]), nn.CrossEntropyLoss())
     run.grad_layers = [layer.path for layer in flow.layers]
     run.grad_norms = flow.column("weight_grad_norm")
+    run.flow_seconds = time.perf_counter() - wall
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(s.seed)
     running: list[float] = []
@@ -220,7 +223,9 @@ def train_variant(
         if step % s.eval_every == 0 or last:
             run.steps.append(step)
             run.loss.append(_mean(running))
+            t_eval = time.perf_counter()
             run.accuracy.append(_accuracy(model, x_test, y_test))
+            run.eval_seconds += time.perf_counter() - t_eval
             running = []
             if tick is not None:
                 tick(step - done)
@@ -311,10 +316,27 @@ def findings(runs: list[VariantRun], s: Settings) -> list[str]:
             if (v, lo) in acc and (v, hi) in acc:
                 a, b = acc[(v, lo)], acc[(v, hi)]
                 how = "loses" if b < a - 0.05 else "gains" if b > a + 0.05 else "holds"
-                moves.append(f"{v} {how} ({a:.1%} -> {b:.1%})")
+                both = max(a, b) < chance + 0.05
+                moves.append(f"{v} {how} ({a:.1%} -> {b:.1%}{', at chance' if both else ''})")
         out.append(f"From depth {lo} to depth {hi}: {', '.join(moves)}.")
-    best = max((r for r in runs if r.depth == hi), key=lambda r: r.final_accuracy)
-    out.append(f"At depth {hi} the best variant is {best.variant}.")
+    top = max(r.final_accuracy for r in runs if r.depth == hi)
+    best = [r.variant for r in runs if r.depth == hi and r.final_accuracy >= top - 0.005]
+    out.append(
+        f"At depth {hi} the best {'variant is' if len(best) == 1 else 'variants are'} "
+        f"{' and '.join(best)} ({top:.1%})."
+    )
+    rising = []
+    for r in runs:
+        k = max(1, len(r.accuracy) // 4)  # the last quarter of the curve
+        if len(r.accuracy) > k and r.accuracy[-1] > r.accuracy[-1 - k] + 0.05:
+            gain, span = r.accuracy[-1] - r.accuracy[-1 - k], r.steps[-1] - r.steps[-1 - k]
+            rising.append(f"{r.name} (+{gain:.0%} in its last {span} steps)")
+    if rising:
+        out.append(
+            "Still improving when training stopped (more steps would change these numbers): "
+            + ", ".join(rising)
+            + "."
+        )
     expect = {"plain": False, "pre": True, "hyper": True, "mhc": True}
     checks = []
     for v in names:
@@ -372,8 +394,7 @@ def findings(runs: list[VariantRun], s: Settings) -> list[str]:
     for r in runs:
         if r.stopped_at is not None:
             out.append(
-                f"{r.name} stopped at step {r.stopped_at}: non-finite loss (its numbers are "
-                "from its last finite step)."
+                f"{r.name} stopped at step {r.stopped_at}: non-finite loss; its curves end there."
             )
         elif r.nonfinite:
             out.append(f"{r.name} skipped {r.nonfinite} batches with a non-finite loss.")
