@@ -39,7 +39,7 @@ def add_parsers(sub: Any) -> None:
     p = add_parser(
         sub,
         "transformers",
-        examples=("skipkit transformers --quick", "skipkit transformers --depths 2,6,12"),
+        examples=("skipkit transformers --quick", "skipkit transformers --out runs/transformers"),
         help="no skip / post-norm / pre-norm / hyper / mHC transformers on associative recall",
         description="Train transformers with no skip, post-norm, pre-norm, hyper-connection "
         "and mHC residual streams at several depths on a procedurally generated associative "
@@ -60,7 +60,8 @@ def add_parsers(sub: Any) -> None:
         type=_depths,
         default=None,
         help=f"comma-separated depths (blocks of attention + MLP), each 1..{MAX_TRANSFORMER_DEPTH} "
-        "(default: 2,6; --quick: 1,3). The mHC variant costs most: about 8x a pre-norm step",
+        "(default: 2,6; --quick: 1,3). Time grows with depth; an mHC model costs about 7x a "
+        "pre-norm one",
     )
     p.add_argument(
         "--steps",

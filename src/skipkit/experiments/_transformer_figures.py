@@ -51,6 +51,7 @@ def plot(title: str, series: Mapping[str, Any], depths: list[int], chance: float
     """The figure of section ``title`` from its :func:`figure_data` entry: one column per
     depth; every line is one series, labelled with its variant."""
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     rows = 2 if title == CURVES else 1
     fig = Figure(figsize=(3.6 * len(depths) + 0.6, 3.0 * rows + 0.4), layout="constrained")
@@ -77,6 +78,8 @@ def plot(title: str, series: Mapping[str, Any], depths: list[int], chance: float
         )
         for ax in axes[:, col]:
             ax.grid(alpha=0.3)
+            if title != CURVES:  # layers and sublayers are counted
+                ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if title == CURVES:
             axes[0][col].axhline(chance, color="#999", ls=":", lw=1)
     ylabels = {
@@ -92,7 +95,8 @@ def plot(title: str, series: Mapping[str, Any], depths: list[int], chance: float
 
 CAPTIONS = {
     CURVES: "Test accuracy (top) and mean training loss (bottom) per depth; dotted: chance",
-    FLOW: "The gradient reaching each weight layer at initialisation, per depth",
+    FLOW: "The gradient reaching each linear layer of the blocks at initialisation, per depth "
+    "(pre, hyper and mhc coincide: a hyper-connected network equals its pre-norm network then)",
     GAIN: "Gain of the composite residual mapping A_r(1)···A_r(k) after training (the larger "
     "of its largest absolute row and column sum): mHC's is 1 by construction, HC's is free",
 }

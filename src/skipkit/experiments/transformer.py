@@ -61,8 +61,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 ON_NAN = ("stop", "skip")
-"""A non-finite training loss stops that model (its numbers are those of its last finite
-step; the other models go on) or skips the batch."""
+"""A non-finite training loss stops that model (its curves end at that step; the other
+models go on) or skips the batch."""
 
 
 @dataclass
@@ -257,7 +257,9 @@ def run_experiment(s: Settings, *, progress: bool = False) -> list[VariantRun]:
         raise ValueError(f"depths={s.depths} must be one or more positive integers")
     if s.on_nan not in ON_NAN:
         raise ValueError(f"on_nan={s.on_nan!r}; choose one of {ON_NAN}")
-    data = (*recall_data(s.train_size, s, seed=s.seed), *recall_data(s.test_size, s, seed=-1))
+    # the test split's seed is negative: never one of the training splits' (--seed >= 0)
+    test = recall_data(s.test_size, s, seed=-1 - s.seed)
+    data = (*recall_data(s.train_size, s, seed=s.seed), *test)
     jobs = [(v, d) for d in s.depths for v in s.variants]
     bar = None
     if progress:
