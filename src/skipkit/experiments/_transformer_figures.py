@@ -1,14 +1,16 @@
 """The figures of ``skipkit transformers`` (see :mod:`skipkit.experiments.transformer`).
 
 Every figure is drawn from :func:`figure_data` alone, and the report puts those numbers into
-``results.json`` under ``"sections"``: the JSON holds everything the figures show."""
+``results.json`` under ``"sections"``: the JSON holds everything the figures show. This module
+imports matplotlib; :func:`skipkit.experiments.transformer.write_report` loads it to draw."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from skipkit.experiments.transformer import block_grads
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 if TYPE_CHECKING:
     from skipkit.experiments.transformer import VariantRun
@@ -29,12 +31,12 @@ def figure_data(runs: list[VariantRun]) -> dict[str, dict[str, Any]]:
     """The numbers each figure draws, by section title, then by run name (``"pre-6"``):
     curves ``{"steps", "accuracy", "loss"}``, gradient flow ``{"layers",
     "weight_grad_norm"}`` (the blocks' linear layers, see
-    :func:`~skipkit.experiments.transformer.block_grads`), mixing gain ``{"sublayers",
+    :meth:`~skipkit.experiments.transformer.VariantRun.block_grads`), mixing gain ``{"sublayers",
     "gain"}`` (multi-stream runs only)."""
     data: dict[str, dict[str, Any]] = {
         CURVES: {r.name: {"steps": r.steps, "accuracy": r.accuracy, "loss": r.loss} for r in runs},
         FLOW: {
-            r.name: dict(zip(("layers", "weight_grad_norm"), block_grads(r), strict=True))
+            r.name: dict(zip(("layers", "weight_grad_norm"), r.block_grads(), strict=True))
             for r in runs
             if r.grad_norms
         },
@@ -47,12 +49,9 @@ def figure_data(runs: list[VariantRun]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in data.items() if v}
 
 
-def plot(title: str, series: Mapping[str, Any], depths: list[int], chance: float) -> Any:
+def plot(title: str, series: Mapping[str, Any], depths: list[int], chance: float) -> Figure:
     """The figure of section ``title`` from its :func:`figure_data` entry: one column per
     depth; every line is one series, labelled with its variant."""
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
     rows = 2 if title == CURVES else 1
     fig = Figure(figsize=(3.6 * len(depths) + 0.6, 3.0 * rows + 0.4), layout="constrained")
     axes = fig.subplots(rows, len(depths), sharey="row", squeeze=False)

@@ -124,6 +124,17 @@ class VariantRun:
     def name(self) -> str:
         return f"{self.variant}-{self.depth}"
 
+    def block_grads(self) -> tuple[list[str], list[float]]:
+        """The gradient norms of the blocks' linear layers (``qkv``, ``proj``, ``fc``), input
+        side first: the layers every variant has, in the same order (the multi-stream
+        variants' own mixing weights and the embeddings left out)."""
+        pairs = [
+            (p, g)
+            for p, g in zip(self.grad_layers, self.grad_norms, strict=True)
+            if p.startswith("blocks.") and p.rsplit(".", 1)[-1] in ("qkv", "proj", "fc")
+        ]
+        return [p for p, _ in pairs], [g for _, g in pairs]
+
 
 def recall_data(n: int, s: Settings, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` associative-recall sequences ``(n, pairs + 1)`` and their labels ``(n,)`` in
@@ -164,16 +175,16 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return acc
 
 
-def block_grads(run: VariantRun) -> tuple[list[str], list[float]]:
-    """The gradient norms of the blocks' linear layers (``qkv``, ``proj``, ``fc``), input
-    side first: the layers every variant has, in the same order (the multi-stream variants'
-    own mixing weights and the embeddings left out)."""
-    pairs = [
-        (p, g)
-        for p, g in zip(run.grad_layers, run.grad_norms, strict=True)
-        if p.startswith("blocks.") and p.rsplit(".", 1)[-1] in ("qkv", "proj", "fc")
-    ]
-    return [p for p, _ in pairs], [g for _, g in pairs]
+def _strict(v: Any) -> Any:
+    """``v`` with NaN and infinities as ``None`` (a model stopped or skipping batches has
+    some): strict JSON, which any tool reads."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _strict(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_strict(x) for x in v]
+    return v
 
 
 def _mean(xs: list[float]) -> float:
@@ -368,7 +379,7 @@ def findings(runs: list[VariantRun], s: Settings) -> list[str]:
         )
     flows = []
     for v in names:
-        grads = block_grads(at[(v, hi)])[1] if (v, hi) in at else []
+        grads = at[(v, hi)].block_grads()[1] if (v, hi) in at else []
         if len(grads) > 1 and grads[-1] > 0:
             flows.append(f"{v} {grads[0] / grads[-1]:.2g}")
     if flows:
@@ -411,7 +422,7 @@ def write_report(
     under ``"sections"``, the numbers of every table and figure of the report (the figures
     are drawn from them). Returns the path of ``report.html``."""
     from skipkit.experiments import _transformer_figures as figs
-    from skipkit.experiments.report import _finite, environment
+    from skipkit.experiments.report import environment
 
     t0 = time.perf_counter()
     depths = sorted({r.depth for r in runs})
@@ -457,7 +468,7 @@ def write_report(
         "runs": [asdict(r) for r in runs],
         "sections": report.data(),
     }
-    atomic_write_text(out / "results.json", json.dumps(_finite(doc), indent=1) + "\n")
+    atomic_write_text(out / "results.json", json.dumps(_strict(doc), indent=1) + "\n")
     return report.write(out / "report.html")
 
 
@@ -512,7 +523,6 @@ __all__ = [
     "VARIANTS",
     "Settings",
     "VariantRun",
-    "block_grads",
     "build",
     "findings",
     "recall_data",
