@@ -55,7 +55,7 @@ def test_findings_are_derived_from_the_numbers() -> None:
     runs.append(VariantRun("mhc", 4, final_accuracy=0.95, gains=[1.0, 1.0005], stopped_at=7))
     runs[-1].steps, runs[-1].accuracy = [10, 20, 30, 40], [0.1, 0.2, 0.5, 0.95]
     deeper = "\n".join(findings([*runs, *(VariantRun(v, 8, final_accuracy=0.12) for v in accs)], s))
-    assert "At depth 8 the best variants are plain and post and pre and hyper (12.0%)." in deeper
+    assert "At depth 8 the best variants are plain, post, pre and hyper (12.0%)." in deeper
     assert "From depth 2 to depth 8: plain loses (90.0% -> 12.0%)" in deeper
     assert "pre loses (90.0% -> 12.0%)" in deeper
     text = "\n".join(findings(runs, s))

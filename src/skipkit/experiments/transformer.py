@@ -336,7 +336,7 @@ def findings(runs: list[VariantRun], s: Settings) -> list[str]:
     best = [r.variant for r in runs if r.depth == hi and r.final_accuracy >= top - 0.005]
     out.append(
         f"At depth {hi} the best {'variant is' if len(best) == 1 else 'variants are'} "
-        f"{' and '.join(best)} ({top:.1%})."
+        f"{' and '.join([', '.join(best[:-1]), best[-1]] if len(best) > 1 else best)} ({top:.1%})."
     )
     rising = []
     for r in runs:
