@@ -1,13 +1,18 @@
 """The evidence for transformers: no skip, post-norm, pre-norm, hyper-connections and mHC on
 an embedded, deterministic sequence task, at several depths, as an HTML report.
 
-The task is **associative recall**: a sequence of ``pairs`` key-value token pairs followed by
-one of the keys; the model must name that key's value (``values`` classes, chance
-``1/values``). It is generated from a seed, needs no download, and is solvable only by
-attending from the last position back to the right pair, so information must cross every
-layer::
+The task is **associative recall**: ``pairs`` key-value pairs, each one token (``key·values
++ value``), followed by a query token naming one of the keys; the model must name that key's
+value (``values`` classes, chance ``1/values``). It is generated from a seed, needs no
+download, and is solved only by attending from the last position back to the pair whose key
+matches the query, so the answer has to cross every layer::
 
-    k3 v7 k0 v2 k5 v1 k9 v4  k0   ->  v2
+    (k3,v7) (k0,v2) (k5,v1) (k9,v4)  k0   ->  v2
+
+One token per pair (not ``k v`` as two tokens) keeps the task one attention step deep: a
+shallow pre-norm transformer learns it in a few hundred steps, so what a deeper stack fails
+to learn is an optimisation failure, not a missing circuit (the two-token form needs an
+induction circuit whose plateau outlasts a CPU budget).
 
 Every variant is ``transformer_classifier(..., causal=True, pool="last")`` with the same
 sizes and, per depth, the same initial weights for the weights they share (one seed):
@@ -20,6 +25,7 @@ sizes and, per depth, the same initial weights for the weights they share (one s
 
 trained with AdamW at a constant learning rate and **no warm-up** (post-norm's known
 weakness, Xiong et al. 2020). ``skipkit transformers`` runs it; ``--quick`` in under a minute.
+The report is built by :mod:`skipkit.experiments._transformer_report`.
 """
 
 from __future__ import annotations
@@ -54,12 +60,15 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "mhc": {"residual": "mhc"},
 }
 
+ON_NAN = ("stop", "skip")
+"""A non-finite training loss stops that model (its curves end at that step; the other
+models go on) or skips the batch."""
+
 
 @dataclass
 class Settings:
-    """What a run depends on. The defaults are sized for 5-8 minutes of CPU time on one core,
-    estimated from 10-step timings and a partial run (mHC's per-token Sinkhorn is about half
-    of it); a complete default run has not been timed yet."""
+    """What a run depends on. The defaults take about 7 minutes of CPU time on one core
+    (the multi-stream variants most of it: see ``docs/guide_transformers.md``)."""
 
     depths: tuple[int, ...] = (2, 6)
     variants: tuple[str, ...] = tuple(VARIANTS)
@@ -68,26 +77,31 @@ class Settings:
     values: int = 16
     width: int = 64
     heads: int = 4
-    steps: int = 500
+    steps: int = 1000
     batch: int = 32
-    lr: float = 3e-3
+    lr: float = 1e-3
     eval_every: int = 50
     train_size: int = 20_000
     test_size: int = 1_000
     seed: int = 0
+    on_nan: str = "stop"
 
 
 QUICK = Settings(
-    depths=(1, 3), pairs=3, keys=8, values=8, width=32, steps=60, eval_every=20,
-    train_size=2_000, test_size=256, batch=32,
+    depths=(1, 3), pairs=3, keys=8, values=8, width=32, steps=100, eval_every=25,
+    train_size=2_000, test_size=256, lr=3e-3,
 )  # fmt: skip
 
 
 @dataclass
 class VariantRun:
-    """One trained model: its curves (``steps``, ``loss`` train, ``accuracy`` test), final
-    numbers, the gradient norm reaching each layer at init, and for multi-stream variants the
-    composite mixing gain across depth after training."""
+    """One trained model: its curves (``steps``, ``loss`` mean train loss since the previous
+    point, ``accuracy`` test), final numbers, the gradient norm ``‖∂L/∂W‖`` reaching each
+    weight layer at init (``grad_layers`` their paths, input side first), for multi-stream
+    variants the composite mixing gain across depth after training (``gains[k-1]``: the
+    first ``k`` sublayers), the batches with a non-finite loss (``nonfinite``; with
+    ``on_nan="stop"`` training ended at ``stopped_at``) and its cost (``seconds`` training
+    wall time, ``cpu_seconds`` this process's CPU time for it)."""
 
     variant: str
     depth: int
@@ -96,23 +110,44 @@ class VariantRun:
     accuracy: list[float] = field(default_factory=list)
     final_accuracy: float = math.nan
     final_loss: float = math.nan
+    grad_layers: list[str] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)
     gains: list[float] = field(default_factory=list)
+    nonfinite: int = 0
+    stopped_at: int | None = None
     seconds: float = 0.0
+    flow_seconds: float = 0.0
+    eval_seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}-{self.depth}"
+
+    def block_grads(self) -> tuple[list[str], list[float]]:
+        """The gradient norms of the blocks' linear layers (``qkv``, ``proj``, ``fc``), input
+        side first: the layers every variant has, in the same order (the multi-stream
+        variants' own mixing weights and the embeddings left out)."""
+        pairs = [
+            (p, g)
+            for p, g in zip(self.grad_layers, self.grad_norms, strict=True)
+            if p.startswith("blocks.") and p.rsplit(".", 1)[-1] in ("qkv", "proj", "fc")
+        ]
+        return [p for p, _ in pairs], [g for _, g in pairs]
 
 
 def recall_data(n: int, s: Settings, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` associative-recall sequences ``(n, 2·pairs + 1)`` (keys ``0..keys-1``, values
-    ``keys..keys+values-1``) and their labels ``(n,)`` in ``0..values-1``."""
+    """``n`` associative-recall sequences ``(n, pairs + 1)`` and their labels ``(n,)`` in
+    ``0..values-1``: ``pairs`` pair tokens ``key·values + value`` (distinct keys), then the
+    query token ``keys·values + key``. The vocabulary is ``keys·values + keys``."""
     if s.pairs > s.keys:
         raise ValueError(f"pairs={s.pairs} needs at least as many keys, got keys={s.keys}")
     g = torch.Generator().manual_seed(seed)
     keys = torch.rand(n, s.keys, generator=g).argsort(dim=1)[:, : s.pairs]  # distinct keys
     vals = torch.randint(0, s.values, (n, s.pairs), generator=g)
-    seq = torch.stack([keys, vals + s.keys], dim=2).flatten(1)  # (n, 2·pairs)
     which = torch.randint(0, s.pairs, (n,), generator=g)
-    query = keys.gather(1, which[:, None])
-    return torch.cat([seq, query], dim=1), vals.gather(1, which[:, None]).squeeze(1)
+    query = keys.gather(1, which[:, None]) + s.keys * s.values
+    return torch.cat([keys * s.values + vals, query], dim=1), vals.gather(1, which[:, None])[:, 0]
 
 
 def build(variant: str, depth: int, s: Settings) -> nn.Module:
@@ -120,8 +155,8 @@ def build(variant: str, depth: int, s: Settings) -> nn.Module:
     torch.manual_seed(s.seed * 1000 + depth)
     return create(
         "transformer_classifier",
-        vocab_size=s.keys + s.values,
-        context=2 * s.pairs + 1,
+        vocab_size=s.keys * s.values + s.keys,
+        context=s.pairs + 1,
         num_classes=s.values,
         depth=depth,
         width=s.width,
@@ -140,153 +175,300 @@ def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     return acc
 
 
+def _strict(v: Any) -> Any:
+    """``v`` with NaN and infinities as ``None`` (a model stopped or skipping batches has
+    some): strict JSON, which any tool reads."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _strict(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_strict(x) for x in v]
+    return v
+
+
+def _mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs) if xs else math.nan
+
+
 def train_variant(
-    variant: str, depth: int, s: Settings, data: tuple[torch.Tensor, ...]
+    variant: str,
+    depth: int,
+    s: Settings,
+    data: tuple[torch.Tensor, ...],
+    *,
+    tick: Any = None,
 ) -> VariantRun:
-    """Train one model; curves every ``eval_every`` steps."""
+    """Train one model; a curve point every ``eval_every`` steps. ``tick(n)`` (a progress
+    bar's ``update``) is called with the steps done since the last call."""
     from skipkit.diagnostics import gradient_flow
 
     x_train, y_train, x_test, y_test = data
     model = build(variant, depth, s)
     run = VariantRun(variant, depth)
+    wall, cpu = time.perf_counter(), time.process_time()
     flow = gradient_flow(model, (x_test[: s.batch], y_test[: s.batch]), nn.CrossEntropyLoss())
+    run.grad_layers = [layer.path for layer in flow.layers]
     run.grad_norms = flow.column("weight_grad_norm")
+    run.flow_seconds = time.perf_counter() - wall
     opt = torch.optim.AdamW(model.parameters(), lr=s.lr, weight_decay=0.0)
     g = torch.Generator().manual_seed(s.seed)
-    t0, running = time.perf_counter(), []
+    running: list[float] = []
+    done = 0
     for step in range(1, s.steps + 1):
         i = torch.randint(0, x_train.shape[0], (s.batch,), generator=g)
         loss = F.cross_entropy(model(x_train[i]), y_train[i])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        running.append(loss.item())
-        if step % s.eval_every == 0 or step == s.steps:
+        value = loss.item()
+        if math.isfinite(value):
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running.append(value)
+        else:
+            run.nonfinite += 1
+            if s.on_nan == "stop":
+                run.stopped_at = step
+                log.warning("%s-%d: non-finite loss at step %d; training stopped", variant,
+                            depth, step)  # fmt: skip
+        last = step == s.steps or run.stopped_at is not None
+        if step % s.eval_every == 0 or last:
             run.steps.append(step)
-            run.loss.append(sum(running) / len(running))
+            run.loss.append(_mean(running))
+            t_eval = time.perf_counter()
             run.accuracy.append(_accuracy(model, x_test, y_test))
+            run.eval_seconds += time.perf_counter() - t_eval
             running = []
-    run.final_accuracy, run.final_loss = run.accuracy[-1], run.loss[-1]
+            if tick is not None:
+                tick(step - done)
+                done = step
+        if run.stopped_at is not None:
+            break
+    if tick is not None:
+        tick(s.steps - done)  # a stopped model's remaining steps count as done
+    if run.nonfinite and s.on_nan == "skip":
+        log.warning("%s-%d: skipped %d batches with a non-finite loss", variant, depth,
+                    run.nonfinite)  # fmt: skip
+    run.final_accuracy = run.accuracy[-1]
+    run.final_loss = next((v for v in reversed(run.loss) if math.isfinite(v)), math.nan)
     hcs = [m for m in model.modules() if isinstance(m, HyperConnection)]
     run.gains = composite_gain(hcs) if hcs else []
-    run.seconds = time.perf_counter() - t0
-    log.info("%s-%d: accuracy %.3f (%.0f s)", variant, depth, run.final_accuracy, run.seconds)
+    run.seconds, run.cpu_seconds = time.perf_counter() - wall, time.process_time() - cpu
     return run
 
 
-def run_experiment(s: Settings) -> list[VariantRun]:
-    """Every variant at every depth, on one train / test split."""
+def run_experiment(s: Settings, *, progress: bool = False) -> list[VariantRun]:
+    """Every variant at every depth, on one train / test split, in one thread.
+
+    ``progress``: a bar over all steps of all models (for a terminal); otherwise one log
+    line per model."""
     for v in s.variants:
         if v not in VARIANTS:
             raise ValueError(f"unknown variant {v!r}; choose from {sorted(VARIANTS)}")
     if not s.depths or min(s.depths) < 1:
         raise ValueError(f"depths={s.depths} must be one or more positive integers")
-    data = (*recall_data(s.train_size, s, seed=s.seed), *recall_data(s.test_size, s, seed=-1))
+    if s.on_nan not in ON_NAN:
+        raise ValueError(f"on_nan={s.on_nan!r}; choose one of {ON_NAN}")
+    # the test split's seed is negative: never one of the training splits' (--seed >= 0)
+    test = recall_data(s.test_size, s, seed=-1 - s.seed)
+    data = (*recall_data(s.train_size, s, seed=s.seed), *test)
+    jobs = [(v, d) for d in s.depths for v in s.variants]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs) * s.steps, unit="step", desc="training", leave=False)
     # one thread: at these sizes a second thread costs more (synchronisation, and spinning
     # on a shared machine) than it gives
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    runs: list[VariantRun] = []
     try:
-        return [train_variant(v, d, s, data) for d in s.depths for v in s.variants]
+        for v, d in jobs:
+            run = train_variant(v, d, s, data, tick=None if bar is None else bar.update)
+            runs.append(run)
+            msg = (
+                f"[{len(runs)}/{len(jobs)}] {run.name:<8} test accuracy "
+                f"{run.final_accuracy:6.1%}  ({run.seconds:.0f} s, {run.cpu_seconds:.0f} s CPU)"
+            )
+            if bar is not None:
+                bar.write(msg)
+            else:
+                log.info(msg)
     finally:
         torch.set_num_threads(threads)
+        if bar is not None:
+            bar.close()
+    return runs
+
+
+def trained(acc: float, s: Settings) -> bool:
+    """The run's bar for "trained": test accuracy at least halfway from chance to 100%."""
+    chance = 1.0 / s.values
+    return acc >= chance + 0.5 * (1.0 - chance)
 
 
 def findings(runs: list[VariantRun], s: Settings) -> list[str]:
     """Plain sentences derived from the numbers (no claim the numbers do not carry)."""
     chance = 1.0 / s.values
-    deepest = max(s.depths)
     at = {(r.variant, r.depth): r for r in runs}
-    out = [f"Chance is {chance:.1%}; {s.steps} steps per model, no warm-up."]
-    for d in s.depths:
-        row = ", ".join(f"{v} {at[(v, d)].final_accuracy:.1%}" for v in s.variants if (v, d) in at)
+    depths = sorted({r.depth for r in runs})
+    lo, hi = depths[0], depths[-1]
+    acc = {k: r.final_accuracy for k, r in at.items()}
+    names = [v for v in s.variants if any(r.variant == v for r in runs)]
+    out = [
+        f"Chance is {chance:.1%}; each model trained {s.steps} steps (batch {s.batch}, AdamW, "
+        f'constant lr {s.lr:g}, no warm-up). "Trained" below means a test accuracy at least '
+        f"halfway from chance to 100% ({chance + 0.5 * (1 - chance):.1%})."
+    ]
+    for d in depths:
+        row = ", ".join(f"{v} {acc[(v, d)]:.1%}" for v in names if (v, d) in acc)
         out.append(f"Depth {d}: test accuracy {row}.")
-    best = max((r for r in runs if r.depth == deepest), key=lambda r: r.final_accuracy)
-    out.append(f"At depth {deepest} the best variant is {best.variant}.")
-    for v in s.variants:
-        if v != "pre" and (v, deepest) in at and ("pre", deepest) in at:
-            diff = at[(v, deepest)].final_accuracy - at[("pre", deepest)].final_accuracy
-            if abs(diff) >= 0.05:
-                word = "above" if diff > 0 else "below"
-                out.append(f"{v} ends {abs(diff):.0%} {word} pre-norm at depth {deepest}.")
-    for v in ("hyper", "mhc"):
-        if (v, deepest) in at and at[(v, deepest)].gains:
-            out.append(
-                f"{v}: composite mixing gain after training, largest over depth "
-                f"{max(at[(v, deepest)].gains):.3f}"
-                + (" (doubly stochastic: 1 by construction)." if v == "mhc" else ".")
+    if hi != lo:
+        moves = []
+        for v in names:
+            if (v, lo) in acc and (v, hi) in acc:
+                a, b = acc[(v, lo)], acc[(v, hi)]
+                how = "loses" if b < a - 0.05 else "gains" if b > a + 0.05 else "holds"
+                both = max(a, b) < chance + 0.05
+                moves.append(f"{v} {how} ({a:.1%} -> {b:.1%}{', at chance' if both else ''})")
+        out.append(f"From depth {lo} to depth {hi}: {', '.join(moves)}.")
+    top = max(r.final_accuracy for r in runs if r.depth == hi)
+    best = [r.variant for r in runs if r.depth == hi and r.final_accuracy >= top - 0.005]
+    out.append(
+        f"At depth {hi} the best {'variant is' if len(best) == 1 else 'variants are'} "
+        f"{' and '.join([', '.join(best[:-1]), best[-1]] if len(best) > 1 else best)} ({top:.1%})."
+    )
+    rising = []
+    for r in runs:
+        k = max(1, len(r.accuracy) // 4)  # the last quarter of the curve
+        if len(r.accuracy) > k and r.accuracy[-1] > r.accuracy[-1 - k] + 0.05:
+            gain, span = r.accuracy[-1] - r.accuracy[-1 - k], r.steps[-1] - r.steps[-1 - k]
+            rising.append(f"{r.name} (+{gain:.0%} in its last {span} steps)")
+    if rising:
+        out.append(
+            "Still improving when training stopped (more steps would change these numbers): "
+            + ", ".join(rising)
+            + "."
+        )
+    expect = {"plain": False, "pre": True, "hyper": True, "mhc": True}
+    checks = []
+    for v in names:
+        if (v, hi) not in acc:
+            continue
+        if v == "post":
+            refs = [acc[k] for k in (("post", lo), ("pre", hi)) if k in acc and k != (v, hi)]
+            degraded = any(acc[(v, hi)] < r - 0.05 for r in refs)
+            than = f" or post-norm at depth {lo}" if lo != hi else ""
+            checks.append(
+                f"post-norm {'degrades' if degraded else 'does not degrade'} at depth {hi} "
+                f"(5 points or more below pre-norm there{than}; "
+                f"as expected: {'yes' if degraded else 'no'})"
             )
+        elif v in expect:
+            ok = trained(acc[(v, hi)], s)
+            checks.append(
+                f"{v} {'trains' if ok else 'does not train'} at depth {hi} "
+                f"(as expected: {'yes' if ok == expect[v] else 'no'})"
+            )
+    if checks:
+        out.append(
+            "Against the literature (a deep transformer without skips barely trains, post-norm "
+            "degrades at depth without warm-up, pre-norm and hyper-connections train): "
+            + "; ".join(checks)
+            + "."
+        )
+    flows = []
+    for v in names:
+        grads = at[(v, hi)].block_grads()[1] if (v, hi) in at else []
+        if len(grads) > 1 and grads[-1] > 0:
+            flows.append(f"{v} {grads[0] / grads[-1]:.2g}")
+    if flows:
+        out.append(
+            f"At initialisation, depth {hi}, the gradient reaching the first block's attention "
+            f"input projection relative to the last block's MLP output projection "
+            f"(‖∂L/∂W‖ ratio): {', '.join(flows)}."
+        )
+    for v in ("hyper", "mhc"):
+        gains = at[(v, hi)].gains if (v, hi) in at else []
+        if not gains:
+            continue
+        g = max(gains)
+        dev = max(abs(x - 1.0) for x in gains)
+        if v == "mhc":
+            how = f"differs from 1 by at most {dev:.1e} (a product of doubly stochastic matrices)"
+        elif g > 1.05:
+            how = f"grows to {g:.3f} (unconstrained mixing)"
+        else:
+            how = f"stays within {dev:.1e} of 1 in this run"
+        out.append(
+            f"{v}: the composite residual-mapping gain over the {len(gains)} sublayers at depth "
+            f"{hi}, after training, {how}."
+        )
+    for r in runs:
+        if r.stopped_at is not None:
+            out.append(
+                f"{r.name} stopped at step {r.stopped_at}: non-finite loss; its curves end there."
+            )
+        elif r.nonfinite:
+            out.append(f"{r.name} skipped {r.nonfinite} batches with a non-finite loss.")
     return out
 
 
-def _figures(runs: list[VariantRun], s: Settings) -> dict[str, Any]:
-    from matplotlib.figure import Figure
+def write_report(
+    runs: list[VariantRun], s: Settings, out: Path, *, timing: dict[str, float] | None = None
+) -> Path:
+    """``out/report.html`` and ``out/results.json``: the settings, the environment, the
+    timing (``timing`` plus ``report``, the seconds this took), the findings, every run and,
+    under ``"sections"``, the numbers of every table and figure of the report (the figures
+    are drawn from them). Returns the path of ``report.html``."""
+    from skipkit.experiments import _transformer_figures as figs
+    from skipkit.experiments.report import environment
 
-    colors = {"plain": "#b2182b", "post": "#ef8a62", "pre": "#2166ac", "hyper": "#1b7837",
-              "mhc": "#762a83"}  # fmt: skip
-    curves = Figure(figsize=(4.2 * len(s.depths), 3.6), layout="constrained")
-    axes = curves.subplots(1, len(s.depths), sharey=True, squeeze=False)[0]
-    for ax, d in zip(axes, s.depths, strict=True):
-        for r in runs:
-            if r.depth == d:
-                ax.plot(r.steps, r.accuracy, color=colors[r.variant], lw=2, label=r.variant)
-        ax.axhline(1 / s.values, color="#999", ls=":", lw=1)
-        ax.set_title(f"depth {d}")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy")
-    axes[0].legend(frameon=False, fontsize=9)
-    flow = Figure(figsize=(7, 3.6), layout="constrained")
-    ax = flow.subplots()
-    deepest = max(s.depths)
-    for r in runs:
-        if r.depth == deepest and r.grad_norms:
-            ax.semilogy(range(1, len(r.grad_norms) + 1), r.grad_norms, color=colors[r.variant],
-                        label=r.variant)  # fmt: skip
-    ax.set_xlabel("weight layer (input side first)")
-    ax.set_ylabel("‖∂L/∂W‖ at init")
-    ax.set_title(f"gradient reaching each layer, depth {deepest}")
-    ax.grid(alpha=0.3)
-    ax.legend(frameon=False, fontsize=9)
-    figs: dict[str, Any] = {"Test accuracy during training": curves, "Gradient flow": flow}
-    multi = [r for r in runs if r.gains and r.depth == deepest]
-    if multi:
-        gain = Figure(figsize=(7, 3.4), layout="constrained")
-        ax = gain.subplots()
-        for r in multi:
-            ax.plot(range(1, len(r.gains) + 1), r.gains, color=colors[r.variant], marker="o",
-                    label=r.variant)  # fmt: skip
-        ax.set_xlabel("sublayers composed")
-        ax.set_ylabel("composite mixing gain")
-        ax.grid(alpha=0.3)
-        ax.legend(frameon=False, fontsize=9)
-        figs["Composite mixing gain across depth (after training)"] = gain
-    return figs
-
-
-def write_report(runs: list[VariantRun], s: Settings, out: Path) -> Path:
-    """``out/report.html`` and ``out/results.json`` (every number the report shows)."""
+    t0 = time.perf_counter()
+    depths = sorted({r.depth for r in runs})
     report = Report(
         "Skips in transformers: associative recall",
-        subtitle=f"{len(runs)} models, depths {', '.join(map(str, s.depths))}",
+        subtitle=f"{len(runs)} models, depths {', '.join(map(str, depths))}, {s.steps} steps each",
     )
-    words = "".join(f"<li>{html.escape(w)}</li>" for w in findings(runs, s))
-    report.add_section("What this run shows", f"<ul>{words}</ul>")
-    rows = [
-        [r.variant, str(r.depth), f"{r.final_loss:.3f}", f"{r.final_accuracy:.1%}",
-         f"{max(r.gains):.3f}" if r.gains else "", f"{r.seconds:.0f}"]
+    words = findings(runs, s)
+    items = "".join(f"<li>{html.escape(w)}</li>" for w in words)
+    report.add_section("What this run shows", f"<ul>{items}</ul>", data={"findings": words})
+    columns = ["variant", "depth", "train loss", "test accuracy", "max mixing gain",
+               "non-finite batches", "seconds", "CPU seconds"]  # fmt: skip
+    values = [
+        [r.variant, r.depth, r.final_loss, r.final_accuracy, max(r.gains) if r.gains else None,
+         r.nonfinite, r.seconds, r.cpu_seconds]
         for r in runs
     ]  # fmt: skip
-    table = html_table(
-        ["variant", "depth", "train loss", "test accuracy", "max mixing gain", "seconds"], rows
+    shown = [
+        [v, str(d), f"{loss:.3f}", f"{acc:.1%}", "" if g is None else f"{g:.3f}", str(n),
+         f"{sec:.0f}", f"{cpu:.0f}"]
+        for v, d, loss, acc, g, n, sec, cpu in values
+    ]  # fmt: skip
+    report.add_section(
+        "Results", html_table(columns, shown), data={"columns": columns, "rows": values}
     )
-    figs = _figures(runs, s)
-    report.add_section("Results", table, figs)
+    chance = 1.0 / s.values
+    for title, series in figs.figure_data(runs).items():
+        fig = figs.plot(title, series, depths, chance)
+        report.add_section(title, "", {figs.CAPTIONS[title]: fig}, data=series)
     settings = html.escape(json.dumps(asdict(s)))
-    report.add_section("Settings", f"<p><code>{settings}</code></p>")
+    report.add_section("Settings", f"<p><code>{settings}</code></p>", data=asdict(s))
+    timing = {**(timing or {}), "report": time.perf_counter() - t0}
+    cells = [[k.replace("_", " "), f"{v:.1f}"] for k, v in timing.items()]
+    report.add_section(
+        "Timing", html_table(["", "seconds"], cells, css_class="narrow"), data=timing
+    )
     out.mkdir(parents=True, exist_ok=True)
-    payload = {"settings": asdict(s), "runs": [asdict(r) for r in runs]}
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=2))
+    doc = {
+        "settings": asdict(s),
+        "environment": environment(),
+        "timing": timing,
+        "findings": words,
+        "runs": [asdict(r) for r in runs],
+        "sections": report.data(),
+    }
+    atomic_write_text(out / "results.json", json.dumps(_strict(doc), indent=1) + "\n")
     return report.write(out / "report.html")
 
 
@@ -294,24 +476,39 @@ REPORT_FILES = ("report.html", "results.json")
 """What ``skipkit transformers`` writes into its run folder."""
 
 
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The run's :class:`Settings`: the defaults (or :data:`QUICK`) and the options given."""
+    base = asdict(QUICK if args.quick else Settings())
+    given = {"depths": args.depths, "steps": args.steps, "seed": args.seed}
+    base.update({k: v for k, v in given.items() if v is not None})
+    base["on_nan"] = args.on_nan
+    s = Settings(**base)
+    if s.eval_every > s.steps:
+        s.eval_every = s.steps
+    return s
+
+
 def run_command(args: argparse.Namespace) -> int:
     """``skipkit transformers`` (parsed by :mod:`skipkit._cli_transformer`): claim the run
     folder (see :func:`skipkit._runs.open_run`), train, write the report."""
+    import sys
+
     from skipkit.cli import claim_out, echo, out_folder, say
 
-    s = QUICK if args.quick else Settings()
-    if args.depths:
-        s = Settings(**{**asdict(s), "depths": tuple(args.depths)})
-    if args.steps:
-        s = Settings(**{**asdict(s), "steps": args.steps})
+    s = settings_from(args)
     out_folder(args)
     out = claim_out(args, "transformers")
     with open_run(out, "transformers", overwrite=args.overwrite, writes=REPORT_FILES) as run:
         run.expect(*REPORT_FILES)
         n = len(s.depths) * len(s.variants)
         say(args, f"training {n} transformers on associative recall -> {out}")
-        runs = run_experiment(s)
-        path = write_report(runs, s, out)
+        wall, cpu = time.perf_counter(), time.process_time()
+        runs = run_experiment(s, progress=not args.quiet and sys.stderr.isatty())
+        timing = {
+            "training_wall": time.perf_counter() - wall,
+            "training_cpu": time.process_time() - cpu,
+        }
+        path = write_report(runs, s, out, timing=timing)
         run.record(*REPORT_FILES)
     for line in findings(runs, s):
         echo(line)
@@ -320,14 +517,19 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 __all__ = [
+    "ON_NAN",
     "QUICK",
     "REPORT_FILES",
     "VARIANTS",
     "Settings",
     "VariantRun",
+    "build",
     "findings",
     "recall_data",
     "run_command",
     "run_experiment",
+    "settings_from",
+    "train_variant",
+    "trained",
     "write_report",
 ]
