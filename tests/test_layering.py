@@ -19,10 +19,6 @@ from skipkit._lazy import import_optional, load
 
 SRC = Path(skipkit.__file__).resolve().parent
 
-LOCAL_IMPORTS_ALLOWED = {
-    # files other branches own; the merge applies the pattern of this test to them
-    "experiments/transformer.py": "fixed at merge",
-}
 DYNAMIC_IMPORTS_ALLOWED = {"_lazy.py", "__init__.py"}  # the documented places
 
 
@@ -52,7 +48,6 @@ def test_no_function_local_imports() -> None:
     bad = [
         f"{path}:{node.lineno}: {ast.unparse(node)}"
         for path, tree in _modules()
-        if path not in LOCAL_IMPORTS_ALLOWED
         for node in _nested_imports(tree)
     ]
     assert bad == [], "import at module level, or defer it through skipkit._lazy:\n" + "\n".join(

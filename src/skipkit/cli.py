@@ -246,14 +246,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
 
 
-def __getattr__(name: str) -> Any:
-    # experiments/transformer.py still imports these two from here; the merge points it at
-    # skipkit._cli_runs (where they moved, so that --help does not load skipkit._runs) and
-    # removes this
-    if name in ("claim_out", "out_folder"):
-        return load(f"skipkit._cli_runs:{name}")
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,6 +35,7 @@ import html
 import json
 import logging
 import math
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,10 +44,15 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from tqdm import tqdm
 
+from skipkit._cli_runs import claim_out, out_folder
+from skipkit._cliargs import echo, say
 from skipkit._io import atomic_write_text
+from skipkit._lazy import load
 from skipkit._runs import open_run
-from skipkit.experiments.report import Report, html_table
+from skipkit.diagnostics import gradient_flow
+from skipkit.experiments.report import Report, environment, html_table
 from skipkit.models import create
 from skipkit.streams import HyperConnection, composite_gain
 
@@ -201,8 +207,6 @@ def train_variant(
 ) -> VariantRun:
     """Train one model; a curve point every ``eval_every`` steps. ``tick(n)`` (a progress
     bar's ``update``) is called with the steps done since the last call."""
-    from skipkit.diagnostics import gradient_flow
-
     x_train, y_train, x_test, y_test = data
     model = build(variant, depth, s)
     run = VariantRun(variant, depth)
@@ -274,8 +278,6 @@ def run_experiment(s: Settings, *, progress: bool = False) -> list[VariantRun]:
     jobs = [(v, d) for d in s.depths for v in s.variants]
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(jobs) * s.steps, unit="step", desc="training", leave=False)
     # one thread: at these sizes a second thread costs more (synchronisation, and spinning
     # on a shared machine) than it gives
@@ -421,8 +423,7 @@ def write_report(
     timing (``timing`` plus ``report``, the seconds this took), the findings, every run and,
     under ``"sections"``, the numbers of every table and figure of the report (the figures
     are drawn from them). Returns the path of ``report.html``."""
-    from skipkit.experiments import _transformer_figures as figs
-    from skipkit.experiments.report import environment
+    figs = load("skipkit.experiments._transformer_figures")  # matplotlib: see skipkit._lazy
 
     t0 = time.perf_counter()
     depths = sorted({r.depth for r in runs})
@@ -491,10 +492,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
 def run_command(args: argparse.Namespace) -> int:
     """``skipkit transformers`` (parsed by :mod:`skipkit._cli_transformer`): claim the run
     folder (see :func:`skipkit._runs.open_run`), train, write the report."""
-    import sys
-
-    from skipkit.cli import claim_out, echo, out_folder, say
-
     s = settings_from(args)
     out_folder(args)
     out = claim_out(args, "transformers")
