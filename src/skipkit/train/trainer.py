@@ -19,20 +19,15 @@ shard of each epoch, metrics are summed over processes, and only rank 0 writes f
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import logging
 import math
 import os
-import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import safetensors.torch
 import torch
 from torch import nn
@@ -42,6 +37,9 @@ from tqdm import tqdm
 
 from skipkit._runs import RunFolder, open_run
 from skipkit.errors import CheckpointError
+from skipkit.train._hooks import Callback, NonFiniteLossError
+from skipkit.train._run_files import METRIC_FIELDS, check_resumable, write_metrics
+from skipkit.train._setup import amp_dtype, build_optimizer, resolve_device, seed_everything
 from skipkit.train.checkpoint import read_checkpoint, rng_state, set_rng_state, write_checkpoint
 from skipkit.train.config import TrainConfig, lr_factor
 from skipkit.train.distributed import DistInfo, all_reduce_sum, broadcast_buffers, setup
@@ -49,9 +47,8 @@ from skipkit.train.identity import (
     check_classifier,
     data_fingerprint,
     model_fingerprint,
-    resume_differences,
 )
-from skipkit.train.metrics import csv_value, format_row, from_json, json_row
+from skipkit.train.metrics import format_row, from_json, json_row
 
 __all__ = [
     "METRIC_FIELDS",
@@ -65,68 +62,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-METRIC_FIELDS = ("epoch", "train_loss", "train_error", "test_loss", "test_error", "lr", "time")
-"""Columns of ``metrics.csv``; errors are fractions in [0, 1], ``time`` is seconds per epoch."""
-
 TRAIN_FILES = ("checkpoint.json", "metrics.csv", "metrics.json", "model.safetensors")
 """Fixed names a training run writes in its folder (checkpoints go to ``checkpoints/``)."""
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite; training stopped at that step.
-
-    Attributes:
-        epoch: 1-based epoch of the step.
-        step: 0-based optimizer step.
-        last_finite: the last finite batch loss, or ``None``.
-        checkpoint_epoch: the epoch of the last checkpoint written (kept), or ``None``.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        epoch: int,
-        step: int,
-        last_finite: float | None,
-        checkpoint_epoch: int | None,
-    ) -> None:
-        super().__init__(message)
-        self.epoch, self.step = epoch, step
-        self.last_finite, self.checkpoint_epoch = last_finite, checkpoint_epoch
-
-
-class Callback:
-    """Hooks into :meth:`Trainer.fit`; subclass and override the ones you need.
-
-    Every hook gets the trainer, whose ``model`` (the unwrapped module), ``optimizer``,
-    ``epoch`` (epochs completed), ``step`` (optimizer steps taken) and ``history`` it may read.
-    An exception raised in a hook stops training; the last checkpoint stays valid.
-    """
-
-    def on_train_start(self, trainer: Trainer) -> None:
-        """Before the first epoch (also when resuming)."""
-
-    def on_after_backward(self, trainer: Trainer) -> None:
-        """Gradients are in ``p.grad`` (unscaled under fp16), before clipping and the step."""
-
-    def on_step_end(self, trainer: Trainer, loss: torch.Tensor) -> None:
-        """After the optimizer step; ``loss`` is the batch's detached 0-dim loss."""
-
-    def on_epoch_end(self, trainer: Trainer, metrics: dict[str, float]) -> None:
-        """After evaluation and checkpointing; ``metrics`` is the row just added to history."""
-
-    def on_train_end(self, trainer: Trainer) -> None:
-        """After the last epoch."""
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python ``random``, numpy's global generator and torch (CPU and CUDA)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 class Trainer:
@@ -164,7 +103,7 @@ class Trainer:
         self.config = cfg = TrainConfig.from_dict(base)
         if loss_fn is None:  # before seeding: drawing items may use the global generator
             check_classifier(model, train_data)
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.dist: DistInfo = setup(self.device)
         seed_everything(cfg.seed + self.dist.rank)
         if cfg.deterministic:
@@ -174,8 +113,8 @@ class Trainer:
         self.model = model.to(self.device)
         if cfg.channels_last:  # only 4-D weights (2-D convs) change layout
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = _build_optimizer(self.model.parameters(), cfg)
-        self.amp_dtype = _amp_dtype(cfg.amp, self.device)
+        self.optimizer = build_optimizer(self.model.parameters(), cfg)
+        self.amp_dtype = amp_dtype(cfg.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp_dtype == torch.float16 else None
         self.loss_fn: LossFn = loss_fn or nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.callbacks = list(callbacks)
@@ -411,20 +350,7 @@ class Trainer:
 
     def _write_metrics(self) -> None:
         assert self.run is not None
-        # an empty cell (JSON null) means "not measured" (no test set); NaN is written as nan
-        unmeasured = {"test_loss", "test_error"} if self.test_data is None else set()
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=METRIC_FIELDS, lineterminator="\n")
-        writer.writeheader()
-        for row in self.history:
-            writer.writerow({k: csv_value(k, row[k], k in unmeasured) for k in METRIC_FIELDS})
-        self.run.write_text("metrics.csv", buf.getvalue(), save=False)
-        doc = {
-            "config": self.config.to_dict(),
-            "epochs": [json_row(r, unmeasured) for r in self.history],
-        }
-        text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
-        self.run.write_text("metrics.json", text)
+        write_metrics(self.run, self.config, self.history, has_test=self.test_data is not None)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything but the weights needed to continue exactly: optimizer, schedule, RNG."""
@@ -473,7 +399,7 @@ class Trainer:
         if found.skipped:
             log.warning("resuming from the newest checkpoint that verifies: epoch %d", found.epoch)
         epoch, weights, state = found.epoch, found.weights, found.state
-        self._check_resumable(found.path, epoch, state)
+        check_resumable(found.path, epoch, state, self.config, self.identity)
         try:
             self.model.load_state_dict(weights)
             self.optimizer.load_state_dict(state["optimizer"])
@@ -492,52 +418,3 @@ class Trainer:
         if self._show:
             log.info("resumed from %s at epoch %d (step %d)", out_dir, epoch, self.step)
         return True
-
-    def _check_resumable(self, path: Path, epoch: int, state: dict[str, Any]) -> None:
-        diffs = resume_differences(state, self.config.to_dict(), self.identity)
-        if diffs:
-            raise CheckpointError(
-                f"cannot resume: this run differs from the checkpoint in {', '.join(diffs)}; "
-                "only --epochs may change (to extend the run). Start a new run with a new "
-                "--out, or replace this one with --overwrite",
-                path=path,
-            )
-        if epoch > self.config.epochs:
-            raise CheckpointError(
-                f"cannot resume: the checkpoint is at epoch {epoch}, beyond epochs="
-                f"{self.config.epochs}; --epochs may only extend a run",
-                path=path,
-            )
-
-
-# ----------------------------------------------------------------------------------- helpers
-
-
-def _resolve_device(name: str | None) -> torch.device:
-    if name is not None:
-        device = torch.device(name)
-    else:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return device
-
-
-def _amp_dtype(mode: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or mode == "off":
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-
-def _build_optimizer(params: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(
-            params,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            nesterov=cfg.nesterov,
-            weight_decay=cfg.weight_decay,
-        )
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
