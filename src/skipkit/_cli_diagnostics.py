@@ -12,10 +12,10 @@ from typing import Any
 
 from skipkit._cliargs import (
     DATASET_NAMES,
+    add_device_arg,
     add_model_arg,
     add_out,
     add_parser,
-    device,
     integer,
     positive_int,
     real,
@@ -70,12 +70,7 @@ def _add_data(p: argparse.ArgumentParser, *, examples: int, what: str) -> None:
         help=f"{what}, drawn from the training set with --seed",
     )
     g.add_argument("--seed", type=integer(0, 2**32 - 1), default=0, help="init and data draw")
-    g.add_argument(
-        "--device",
-        type=device,
-        default=None,
-        help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)",
-    )
+    add_device_arg(g)
 
 
 def add_parsers(sub: Any) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "Formatter",
     "Parser",
     "add_data",
+    "add_device_arg",
     "add_model_arg",
     "add_out",
     "add_parser",
@@ -156,6 +157,16 @@ def key_value(text: str) -> tuple[str, Any]:
     return key, value
 
 
+def add_device_arg(group: Any) -> None:
+    """``--device``: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``, checked by :func:`device`."""
+    group.add_argument(
+        "--device",
+        type=device,
+        default=None,
+        help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)",
+    )
+
+
 def add_model_arg(group: Any) -> None:
     """``--model-arg KEY=VALUE`` (repeatable): extra keywords for the registry builder."""
     group.add_argument(
@@ -256,12 +267,7 @@ def add_recipe(p: argparse.ArgumentParser, *, epochs: int) -> None:
         help="learning-rate schedule",
     )
     g.add_argument("--seed", type=integer(0, 2**32 - 1), default=0, help="init and data order")
-    g.add_argument(
-        "--device",
-        type=device,
-        default=None,
-        help="cpu, cuda, cuda:N or mps (default: cuda if available, else cpu)",
-    )
+    add_device_arg(g)
 
 
 def add_data(p: argparse.ArgumentParser) -> argparse._ArgumentGroup:
