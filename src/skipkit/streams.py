@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from skipkit._residual import main_output, make_norm, replace_main
 from skipkit._streams_autograd import _RmsProjection, _SinkhornRounds, _StreamWrite
@@ -169,6 +170,17 @@ class StreamMix(nn.Module):
 
     def extra_repr(self) -> str:
         return f"streams={self.streams}, dynamic={self.proj is not None}, {self.constraint=}"
+
+
+def _watched(module: nn.Module) -> bool:
+    """Whether forward hooks would see ``module``'s call (its own, or global ones): the fused
+    forward of :class:`HyperConnection` never calls its shortcut and merge."""
+    return bool(
+        module._forward_hooks
+        or module._forward_pre_hooks
+        or _global_forward_hooks
+        or _global_forward_pre_hooks
+    )
 
 
 class HyperConnection(SkipModule):
@@ -300,13 +312,17 @@ class HyperConnection(SkipModule):
         computed in fewer passes over the stream tensor (the same numbers): the dynamic
         coefficients of both parts from one product, the layer input and the mixed streams
         from one ``(S + 1, S) @ (S, D)`` product per token, the write ``b ⊗ f`` and the sum
-        in one ``addcmul``. A replaced part (shortcut, merge, post) takes the generic path."""
+        in one ``addcmul``. A replaced part (shortcut, merge, post), or a part a forward hook
+        watches (the diagnostics' probes, a lesion), takes the protocol's generic path, where
+        each part runs as a module call."""
         mix = self.shortcut
         if (
             not isinstance(mix, StreamMix)
             or type(self.merge) is not Add
             or self.post is not None
             or (mix.proj is None) != (self.proj is None)
+            or _watched(mix)
+            or _watched(self.merge)
         ):
             return super().forward(x, *args, **kwargs)
         if isinstance(x, tuple):

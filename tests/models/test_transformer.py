@@ -185,7 +185,7 @@ def test_compiles_fullgraph(residual: str) -> None:
     lm_loss(compiled(x), x).backward()
 
 
-@pytest.mark.parametrize("residual", ["add", "hyper"])
+@pytest.mark.parametrize("residual", ["add", "hyper", "mhc"])
 def test_gradient_flow(residual: str) -> None:
     from skipkit.diagnostics import gradient_flow
 
@@ -196,6 +196,8 @@ def test_gradient_flow(residual: str) -> None:
         f"blocks.{i}.{part}" for i in range(2) for part in ("attn", "mlp")
     ]
     assert all(s.in_grad_norm is not None and s.in_grad_norm > 0 for s in flow.skips)
+    # the branch/shortcut balance too: the fused multi-stream forward must not hide the parts
+    assert all(s.grad_ratio is not None and s.grad_ratio > 0 for s in flow.skips)
     assert all(p.grad is None for p in model.parameters())
 
 
@@ -228,3 +230,20 @@ def test_surgery_lists_and_adds_skips() -> None:
     grafted = sk.add_skip(plain, "blocks.0", "blocks.1", example=x)
     torch.testing.assert_close(grafted(x), plain(x))  # zero-initialised: same function at init
     assert len(sk.list_skips(grafted)) == len(sk.list_skips(plain)) + 1
+
+
+@pytest.mark.parametrize("residual", ["hyper", "mhc"])
+def test_lesion_deletes_each_multi_stream_branch(residual: str) -> None:
+    from skipkit.diagnostics.lesion import lesion
+
+    torch.manual_seed(0)
+    model = create(
+        "transformer_classifier", vocab_size=16, context=8, num_classes=3, depth=2, width=32,
+        heads=4, residual=residual,
+    )  # fmt: skip
+    x, y = torch.randint(0, 16, (32, 8)), torch.randint(0, 3, (32,))
+    result = lesion(model, (x, y))  # raises if a merge did not run (the fused forward)
+    assert [b.name for b in result.blocks] == [
+        f"blocks.{i}.{part}" for i in range(2) for part in ("attn", "mlp")
+    ]
+    assert all(b.loss != pytest.approx(result.loss) for b in result.blocks)
