@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -269,3 +270,31 @@ def test_trains_under_autocast(constraint: str | None) -> None:
     for p in hc.parameters():
         assert p.grad is not None and p.grad.dtype == torch.float32
         assert bool(torch.isfinite(p.grad).all())
+
+
+@pytest.mark.parametrize("constraint", [None, "sinkhorn"])
+def test_fused_gradients_twice_and_in_part(constraint: str | None) -> None:
+    # the fused backward hands one gradient of H from the read to the projection (_GradSlot):
+    # a retained graph run twice, a gradient of the input alone or of the parameters alone,
+    # and frozen parameters all give the generic path's numbers
+    hc = _perturbed(sk.HyperConnection(mlp(), S, layer_index=3, constraint=constraint))
+    x = torch.randn(2, 3, S, D, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(2, 3, S, D, dtype=torch.float64)
+    params = list(hc.parameters())
+
+    def grads(forward: Callable[[torch.Tensor], torch.Tensor], wrt: list[torch.Tensor]) -> Any:
+        return torch.autograd.grad((forward(x) * w).sum(), wrt)
+
+    def generic(h: torch.Tensor) -> torch.Tensor:
+        return sk.SkipModule.forward(hc, h)
+
+    for wrt in ([x], params, [x, *params]):
+        for a, b in zip(grads(hc, wrt), grads(generic, wrt), strict=True):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    loss = (hc(x) * w).sum()
+    first = torch.autograd.grad(loss, [x, *params], retain_graph=True)
+    second = torch.autograd.grad(loss, [x, *params])
+    for a, b in zip(first, second, strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
+    hc.requires_grad_(False)
+    torch.testing.assert_close(grads(hc, [x])[0], grads(generic, [x])[0], atol=1e-12, rtol=1e-12)

@@ -46,7 +46,13 @@ from torch import nn
 from torch.nn.modules.module import _global_forward_hooks, _global_forward_pre_hooks
 
 from skipkit._residual import main_output, make_norm, replace_main
-from skipkit._streams_autograd import _RmsProjection, _SinkhornRounds, _StreamWrite
+from skipkit._streams_autograd import (
+    _GradSlot,
+    _RmsProjection,
+    _SinkhornRounds,
+    _StreamRead,
+    _StreamWrite,
+)
 from skipkit.merges import Add
 from skipkit.skips import SkipModule
 
@@ -287,20 +293,16 @@ class HyperConnection(SkipModule):
             return torch.softmax(pre, dim=-1), 2.0 * torch.sigmoid(post)
         return pre, post
 
-    def _all_coefficients(
-        self, mix: StreamMix, h: torch.Tensor
+    def _dynamic_coefficients(
+        self, mix: StreamMix, raw: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``(a_m, b, A_r)`` for the stream tensor ``h``: ``(N, *, S)``, ``(N, *, S)``,
-        ``(N, *, S, S)`` when dynamic (one product and one ``tanh`` for all three, columns
-        ``:S`` for ``A_r``, ``S`` for ``a_m``, ``S + 1`` for ``b``), else their static
-        parts."""
+        """``(a_m, b, A_r)``, ``(..., S)``, ``(..., S)``, ``(..., S, S)``, from the normalised
+        projection ``raw = rms_norm(H) W`` ``(..., S, S + 2)`` of one product for all three
+        (columns ``:S`` for ``A_r``, ``S`` for ``a_m``, ``S + 1`` for ``b``) and one
+        ``tanh``."""
+        assert mix.scale is not None and self.scale is not None
         s = self.streams
-        if self.proj is None or self.scale is None or mix.proj is None or mix.scale is None:
-            a_m, b = self._from_logits(self.pre_logits, self.post_logits)
-            return a_m, b, mix._from_logits(mix.static)
-        weight = torch.cat([mix.proj, self.proj], dim=1)  # (D, S + 2)
-        scale = torch.cat([mix.scale.expand(s), self.scale])  # (S + 2,)
-        dyn = _dynamic(h, weight, scale)  # (N, *, S, S + 2)
+        dyn = torch.cat([mix.scale.expand(s), self.scale]) * torch.tanh(raw)  # (..., S, S + 2)
         a_r = mix._from_logits(mix.static + dyn[..., :s])
         a_m, b = self._from_logits(
             self.pre_logits + dyn[..., s], self.post_logits + dyn[..., s + 1]
@@ -334,17 +336,25 @@ class HyperConnection(SkipModule):
             x = x.contiguous()
         s = self.streams
         batch = x.shape[:-2]
-        if self.skip_enabled:
-            a_m, b, a_r = self._all_coefficients(mix, x)
-            # row 0 reads the layer input sum_i a_m[i] H_i, rows 1..S mix: sum_i A_r[i, j] H_i
-            m_t = torch.cat([a_m.unsqueeze(-2), a_r.mT], dim=-2)  # (N, *, S + 1, S)
-            inp, mixed = torch.matmul(m_t.expand(*batch, s + 1, s), x).split((1, s), dim=-2)
+        mixed: torch.Tensor | None = None
+        if self.skip_enabled and self.proj is not None and self.scale is not None:
+            assert mix.proj is not None and mix.scale is not None
+            weight = torch.cat([mix.proj, self.proj], dim=1)  # (D, S + 2)
+            flat = x.reshape(-1, s, self.dim)
+            # one slot: the two gradients of H are summed in place (see _GradSlot)
+            slot = None if torch.compiler.is_compiling() else _GradSlot()
+            a_m, b, a_r = self._dynamic_coefficients(mix, _RmsProjection.apply(flat, weight, slot))
+            m_t = torch.cat([a_m.unsqueeze(-2), a_r.mT], dim=-2)  # (B, S + 1, S)
+            h, mixed = _StreamRead.apply(m_t, flat, slot)
+            h, mixed, b = h.view(*batch, -1), mixed.view(*batch, s, -1), b.view(*batch, s)
+        elif self.skip_enabled:  # static: one (S + 1, S) matrix for every token
+            a_m, b = self._from_logits(self.pre_logits, self.post_logits)
+            h, mixed = self._read(x, a_m, mix._from_logits(mix.static))
         else:  # the plain twin: nothing is carried, A_r is not needed
             a_m, b = self.coefficients(x)
-            inp, mixed = torch.matmul(a_m.unsqueeze(-2).expand(*batch, 1, s), x), None
-        h = inp.squeeze(-2)  # (N, *, D)
+            h = torch.matmul(a_m.unsqueeze(-2).expand(*batch, 1, s), x).squeeze(-2)
         if self.norm is not None:
-            h = self.norm(h)
+            h = self.norm(h)  # (N, *, D)
         out = self.layer(h, *args, **kwargs)
         y = main_output(out)  # (N, *, D)
         if mixed is None:
@@ -352,6 +362,16 @@ class HyperConnection(SkipModule):
         else:
             new = _StreamWrite.apply(mixed, b, y)  # (N, *, S, D)
         return new if out is y else replace_main(out, new)
+
+    def _read(
+        self, x: torch.Tensor, a_m: torch.Tensor, a_r: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The layer input ``sum_i a_m[i] H_i`` ``(N, *, D)`` and the mixed streams
+        ``sum_i A_r[i, j] H_i`` ``(N, *, S, D)`` from one ``(S + 1, S) @ (S, D)`` product per
+        token (``a_m`` ``(S,)`` or ``(N, *, S)``, ``A_r`` ``(S, S)`` or ``(N, *, S, S)``)."""
+        m_t = torch.cat([a_m.unsqueeze(-2), a_r.mT], dim=-2)  # (N, *, S + 1, S) or (S + 1, S)
+        inp, mixed = torch.matmul(m_t, x).split((1, self.streams), dim=-2)
+        return inp.squeeze(-2), mixed
 
     def _check_streams(self, x: torch.Tensor) -> None:
         if x.dim() < 2 or x.shape[-2] != self.streams or x.shape[-1] != self.dim:
