@@ -15,14 +15,18 @@ Two comparisons, in one run:
    (``x = x + attn(ln_1(x)); x = x + mlp(ln_2(x))``, nanoGPT's forward) sharing the very same
    submodules, so only the residual wrapper differs. Target <= 1.02.
 2. **streams**: ``transformer_lm(residual="hyper")`` and ``"mhc"`` (4 streams, dynamic) against
-   ``residual="add"``, same sizes. Target <= 1.15.
+   ``residual="add"``, same sizes. Target <= 1.15. With ``--control`` a second ``"add"`` model
+   runs alongside (an A/A control: how far from 1 the run's noise alone puts a ratio), and a
+   second hand-written stack in the block comparison. ``tests/models/test_transformer.py``
+   checks without a clock that the skipkit blocks dispatch exactly the hand-written ATen ops.
 
 A train step is forward, loss, backward and an optimizer step (SGD for the block stack,
 AdamW for the models). The variants of each comparison run interleaved (A B C, then C B A,
 ...) after warm-up steps, and the ratio of medians is reported, in wall time and in the
-process's CPU time (``process_time``; on a shared machine the steadier one), with the range
-of the per-round ratios (each variant against the baseline timed next to it in the same
-round). On CUDA the step is synchronized and wall time is the figure.
+process's CPU time (``process_time``; on a shared machine the steadier one), with the median
+and the range of the per-round ratios (each variant against the baseline timed next to it in
+the same round: "paired", the figure to quote on a noisy machine). On CUDA the step is
+synchronized and wall time is the figure.
 """
 
 from __future__ import annotations
@@ -116,8 +120,9 @@ def compare(
     steps: dict[str, Callable[[], None]], device: torch.device, repeats: int, iters: int
 ) -> dict[str, dict[str, float]]:
     """Median wall / CPU seconds per step of each variant, interleaved, order alternating;
-    ``lo_<clock>`` / ``hi_<clock>``: the smallest / largest per-round ratio to the first
-    variant."""
+    ``paired_<clock>``, ``lo_<clock>``, ``hi_<clock>``: the median, smallest and largest of
+    the per-round ratios to the first variant (each round's ratio pairs two timings taken
+    next to each other, so a slow moment of the machine hits both)."""
     for step in steps.values():
         step()
         step()
@@ -136,6 +141,7 @@ def compare(
         for i, clock in enumerate(("wall", "cpu")):
             ratios = [v[i] / b[i] for v, b in zip(vals, base, strict=True)]
             out[name][f"lo_{clock}"], out[name][f"hi_{clock}"] = min(ratios), max(ratios)
+            out[name][f"paired_{clock}"] = statistics.median(ratios)
     return out
 
 
@@ -145,8 +151,8 @@ def ratio_line(
     a, b = results[base], results[name]
     return (
         f"{kind:8s} {base} {a[clock] * 1e3:8.1f} ms  {name} {b[clock] * 1e3:8.1f} ms  ratio "
-        f"{b[clock] / a[clock]:.3f} (rounds {b['lo_' + clock]:.2f}-{b['hi_' + clock]:.2f}; "
-        f"target <= {target})"
+        f"{b[clock] / a[clock]:.3f}, paired {b['paired_' + clock]:.3f} (rounds "
+        f"{b['lo_' + clock]:.2f}-{b['hi_' + clock]:.2f}; target <= {target})"
     )
 
 
@@ -168,6 +174,13 @@ def main() -> None:
         action="store_true",
         help="torch.compile the models of the streams comparison (compiled at the warm-up "
         "steps, minutes for mHC on a CPU)",
+    )
+    p.add_argument(
+        "--control",
+        action="store_true",
+        help="time a second hand-written stack in the block comparison and a second "
+        "residual='add' model in the streams comparison (A/A controls: their ratios to the "
+        "first are the noise floor of the run)",
     )
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args()
@@ -191,16 +204,21 @@ def main() -> None:
         h = torch.randn(args.batch, args.context, args.width, generator=g).to(device)
         with torch.no_grad():
             torch.testing.assert_close(hand(h), ours(h))  # the same function, the same weights
+        stacks: list[tuple[str, nn.Module]] = [("hand-written", hand), ("skipkit", ours)]
+        if args.control:  # the same hand-written stack again
+            stacks.insert(1, ("control", HandWritten(base)))
         block_steps = {
             name: step_fn(m, h, idx, torch.optim.SGD(m.parameters(), lr=1e-3), lm_loss=False)
-            for name, m in (("hand-written", hand), ("skipkit", ours))
+            for name, m in stacks
         }
         block = compare(block_steps, device, args.repeats, args.iters)
-        lines.append(ratio_line("block", block, "hand-written", "skipkit", clock, TARGET_BLOCK))
+        for name, _ in stacks[1:]:
+            lines.append(ratio_line("block", block, "hand-written", name, clock, TARGET_BLOCK))
 
     streams: dict[str, dict[str, float]] = {}
     if args.only in (None, "streams"):
-        models = {r: lm(args, r).to(device).train() for r in ("add", "hyper", "mhc")}
+        variants = ("add", "control", "hyper", "mhc") if args.control else ("add", "hyper", "mhc")
+        models = {r: lm(args, "add" if r == "control" else r).to(device).train() for r in variants}
         stream_steps = {
             r: step_fn(
                 torch.compile(m) if args.compile else m,
@@ -212,7 +230,7 @@ def main() -> None:
             for r, m in models.items()
         }
         streams = compare(stream_steps, device, args.repeats, args.iters)
-        for r in ("hyper", "mhc"):
+        for r in variants[1:]:
             lines.append(ratio_line("streams", streams, "add", r, clock, TARGET_STREAMS))
     print("\n".join(lines))
     if args.json:

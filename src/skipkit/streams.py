@@ -314,7 +314,8 @@ class HyperConnection(SkipModule):
         computed in fewer passes over the stream tensor (the same numbers): the dynamic
         coefficients of both parts from one product, the layer input and the mixed streams
         from one ``(S + 1, S) @ (S, D)`` product per token, the write ``b ⊗ f`` and the sum
-        in one ``addcmul``. A replaced part (shortcut, merge, post), or a part a forward hook
+        in one ``addcmul``; backwards, the two gradients of ``H`` (through the coefficients
+        and through the product) accumulate in one buffer (``_GradSlot``). A replaced part (shortcut, merge, post), or a part a forward hook
         watches (the diagnostics' probes, a lesion), takes the protocol's generic path, where
         each part runs as a module call."""
         mix = self.shortcut
