@@ -107,7 +107,10 @@ def _train_step(model: nn.Module, x: torch.Tensor, seed: int) -> tuple[torch.Ten
 @pytest.mark.parametrize(
     ("builder", "shape"),
     [
-        (functools.partial(densenet121, num_classes=10), (2, 3, 32, 32)),
+        # 64 x 64, not 32: at 32 the last block's maps are 1 x 1, its batch norms see two
+        # values per channel and amplify the rebuilt activations' last-bit changes to 5e-6 of
+        # the largest gradient, sometimes past the 1e-5 allowed (3e-7 at 64)
+        (functools.partial(densenet121, num_classes=10), (2, 3, 64, 64)),
         (functools.partial(densenet_bc, depth=22, drop_rate=0.2), (2, 3, 16, 16)),
         (functools.partial(densenet_bc, depth=16, skip=False), (2, 3, 8, 8)),
     ],
