@@ -128,12 +128,15 @@ class _StreamRead(torch.autograd.Function):
         dt = g_mixed.dtype
         h_, m_ = h.to(dt), m_t.to(dt)
         gi = g_inp.to(dt).unsqueeze(-2)  # (B, 1, D)
-        h_t = h_.mT
-        d_m = torch.cat([torch.bmm(gi, h_t), torch.bmm(g_mixed, h_t)], dim=-2)  # (B, S + 1, S)
-        dh = torch.bmm(m_[:, 1:].mT, g_mixed).baddbmm_(m_[:, :1].mT, gi)  # A_r dH' + a_m dx^T
-        if ctx.slot is not None:
-            ctx.slot.grad = dh
-            return d_m, None, None
+        d_m = dh = None
+        if ctx.needs_input_grad[0]:
+            h_t = h_.mT
+            d_m = torch.cat([torch.bmm(gi, h_t), torch.bmm(g_mixed, h_t)], dim=-2)  # (B, S+1, S)
+        if ctx.needs_input_grad[1]:
+            dh = torch.bmm(m_[:, 1:].mT, g_mixed).baddbmm_(m_[:, :1].mT, gi)  # A_r dH' + a_m dx^T
+            if ctx.slot is not None:
+                ctx.slot.grad = dh
+                return d_m, None, None
         return d_m, dh, None
 
 

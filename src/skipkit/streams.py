@@ -315,9 +315,9 @@ class HyperConnection(SkipModule):
         coefficients of both parts from one product, the layer input and the mixed streams
         from one ``(S + 1, S) @ (S, D)`` product per token, the write ``b ⊗ f`` and the sum
         in one ``addcmul``; backwards, the two gradients of ``H`` (through the coefficients
-        and through the product) accumulate in one buffer (``_GradSlot``). A replaced part (shortcut, merge, post), or a part a forward hook
-        watches (the diagnostics' probes, a lesion), takes the protocol's generic path, where
-        each part runs as a module call."""
+        and through the product) accumulate in one buffer (``_GradSlot``). A replaced part
+        (shortcut, merge, post), or a part a forward hook watches (the diagnostics' probes, a
+        lesion), takes the protocol's generic path, where each part runs as a module call."""
         mix = self.shortcut
         if (
             not isinstance(mix, StreamMix)
