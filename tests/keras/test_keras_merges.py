@@ -97,11 +97,13 @@ def _merge_pairs(t_merge: Any, k_merge: keras.layers.Layer) -> list[tuple[str, A
     return pairs
 
 
-def _same_shape(name: str, p: Any, var: Any) -> bool:
-    t_shape, k_shape = tuple(p.shape), tuple(var.shape)
-    if name == "transform.weight":  # (O, I, 1, 1) as (1, 1, I, O): the same numbers
-        return _kernel(np.zeros(t_shape), k_shape).shape == k_shape
-    return t_shape == k_shape
+def _keras_shape(name: str, t_shape: tuple[int, ...], keras_rank: int) -> tuple[int, ...]:
+    """The Keras shape of a torch parameter: a ``Linear`` / 1x1 conv weight ``(O, I, *k)`` is a
+    Dense kernel ``(I, O)`` or a conv kernel ``(*k, I, O)``; everything else is the same."""
+    if name != "transform.weight":
+        return t_shape
+    out, inp, *k = t_shape
+    return (inp, out) if keras_rank == 2 else (*k, inp, out)
 
 
 def _copy_merge(t_merge: Any, k_merge: keras.layers.Layer) -> None:
@@ -146,7 +148,7 @@ def test_initial_values_and_parameter_shapes_are_torch_s(name: str, case: str) -
     t_merge = _torch_block(name, case).merge
     k_block = _keras_block(name, case)
     for p_name, p, var in _merge_pairs(t_merge, k_block.merge):
-        assert _same_shape(p_name, p, var), (p_name, tuple(p.shape), tuple(var.shape))
+        assert tuple(var.shape) == _keras_shape(p_name, tuple(p.shape), len(var.shape))
         if (name, p_name) == ("gate", "transform.weight"):
             continue  # random: the same distribution is checked below
         value = p.detach().numpy()

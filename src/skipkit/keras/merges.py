@@ -149,11 +149,17 @@ class Concat(_MaskedMerge):
         return cls(**{"branch_first": False, **config})
 
 
+def _torch_uniform() -> keras.initializers.Initializer:
+    """What torch's ``nn.Linear`` / ``nn.ConvNd`` draw their weight from: ``U(±1/sqrt(fan_in))``
+    (Kaiming uniform with ``a = sqrt(5)``), so a gate starts as in the PyTorch front."""
+    return keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
+
+
 class _SkipTransform(_MaskedMerge):
     """A merge with a learned map of the skip, ``W s + c``, one output per channel: a ``Dense``
     on the channel axis (channels last) or a 1x1 ``ConvND`` (channels first), as the PyTorch
-    front's ``nn.Linear`` / 1x1 ``nn.ConvNd``. ``W``: ``(C, C)`` (``(1, …, 1, C, C)`` conv),
-    ``c``: ``(C,)``.
+    front's ``nn.Linear`` / 1x1 ``nn.ConvNd``, and drawn as they are. ``W``: ``(C, C)``
+    (``(1, …, 1, C, C)`` conv), ``c``: ``(C,)``.
     """
 
     zero_kernel = False
@@ -176,16 +182,11 @@ class _SkipTransform(_MaskedMerge):
                 f"skip shape {fmt(skip)} (axis {axis}). Fix: give keras.Input the channel count"
             )
         kw: dict[str, Any] = {
+            "kernel_initializer": "zeros" if self.zero_kernel else _torch_uniform(),
             "bias_initializer": keras.initializers.Constant(self.bias),
             "dtype": self.dtype_policy,
             "name": self.transform_name,
         }
-        # torch's nn.Linear / nn.ConvNd draw: U(±1/sqrt(fan_in)) (Kaiming uniform, a = sqrt(5))
-        kw["kernel_initializer"] = (
-            "zeros"
-            if self.zero_kernel
-            else keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
-        )
         if axis == rank - 1:
             self.transform = keras.layers.Dense(channels, **kw)
         else:
@@ -201,7 +202,8 @@ class Gate(_SkipTransform):
     """Highway gate: ``T = sigmoid(W s + c)``, ``y = T * branch + (1 - T) * skip``.
 
     ``W s + c`` (see the module table) maps the skip ``s`` (the block input, or its
-    projection) to one gate per output channel. The bias starts at ``bias`` (-2 by default,
+    projection) to one gate per output channel; ``W`` is drawn as PyTorch draws an
+    ``nn.Linear`` weight, ``U(±1/sqrt(C))``. The bias starts at ``bias`` (-2 by default,
     Srivastava et al. 2015), so ``T ≈ 0.12`` at init and the block begins close to carrying
     its input through.
 
