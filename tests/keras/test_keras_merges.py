@@ -6,6 +6,10 @@ in both data formats; initial behaviour; ``.keras`` round trips; the refusal of 
 
 from __future__ import annotations
 
+import importlib.util
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +31,12 @@ from skipkit.keras import (  # noqa: E402
 from skipkit.keras.merges import MERGES  # noqa: E402
 
 L = keras.layers
+HERE = Path(__file__).resolve().parent
 CASES = ["dense", "conv_channels_last", "conv_channels_first"]
 
 
 def np_(t: object) -> np.ndarray:
     return keras.ops.convert_to_numpy(t)
-
-
-def _inputs(case: str) -> np.ndarray:
-    """The torch front's input: ``(N, F)`` or ``(N, C, H, W)``."""
-    shape = (3, 6) if case == "dense" else (2, 4, 5, 5)
-    return np.random.default_rng(1).normal(size=shape).astype("float32")
 
 
 def _to_keras(x: np.ndarray, case: str) -> np.ndarray:
@@ -46,28 +45,43 @@ def _to_keras(x: np.ndarray, case: str) -> np.ndarray:
 
 
 def _keras_block(name: str, case: str) -> Residual:
+    """The Keras twin of ``torch_reference.residual``, built for the case's input."""
     if case == "dense":
-        body = L.Dense(6, activation="tanh")
+        body, shape = L.Dense(6, activation="tanh"), (6,)
     else:
         fmt = case.removeprefix("conv_")
         body = L.Conv2D(4, 3, padding="same", activation="tanh", data_format=fmt)
+        shape = (5, 5, 4) if fmt == "channels_last" else (4, 5, 5)
     block = Residual(body, merge=name)
-    block.build((None, *_to_keras(_inputs(case), case).shape[1:]))
+    block.build((None, *shape))
     return block
 
 
-# --- the torch twin (skipped where torch is not installed) --------------------------------
+# --- the torch twin, from an interpreter of its own (skipped where torch is not installed) ---
 
 
-def _torch_block(name: str, case: str) -> Any:
-    torch = pytest.importorskip("torch")
-    import skipkit as sk
+@pytest.fixture(scope="module")
+def torch_ref(tmp_path_factory: pytest.TempPathFactory) -> dict[str, np.ndarray]:
+    """``torch_reference.py``'s arrays: skipkit.Residual's parameters, inputs and outputs."""
+    if importlib.util.find_spec("torch") is None:
+        pytest.skip("the reference needs PyTorch")
+    path = tmp_path_factory.mktemp("torch") / "reference.npz"
+    run = subprocess.run(
+        [sys.executable, str(HERE / "torch_reference.py"), str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": str(HERE.parents[1] / "src")},
+    )
+    assert run.returncode == 0, run.stderr
+    with np.load(path) as arrays:
+        return dict(arrays)
 
-    if case == "dense":
-        body = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Tanh())
-    else:
-        body = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1), torch.nn.Tanh())
-    return sk.Residual(body, merge=name, in_shape=_inputs(case).shape)
+
+def _params(ref: dict[str, np.ndarray], name: str, case: str, kind: str) -> dict[str, np.ndarray]:
+    """torch's ``kind`` (``"init"``: the merge's, ``"param"``: the block's) parameters by name."""
+    prefix = f"{name}:{case.split('_')[0]}:{kind}:"
+    return {k.removeprefix(prefix): v for k, v in ref.items() if k.startswith(prefix)}
 
 
 def _kernel(w: np.ndarray, keras_shape: tuple[int, ...]) -> np.ndarray:
@@ -76,25 +90,6 @@ def _kernel(w: np.ndarray, keras_shape: tuple[int, ...]) -> np.ndarray:
     if w.ndim == 2:
         return w.T
     return np.transpose(w, (*range(2, w.ndim), 1, 0)).reshape(keras_shape)
-
-
-def _copy_body(t_body: Any, k_body: keras.layers.Layer) -> None:
-    layer = t_body[0]
-    k_body.kernel.assign(_kernel(layer.weight.detach().numpy(), tuple(k_body.kernel.shape)))
-    k_body.bias.assign(layer.bias.detach().numpy())
-
-
-def _merge_pairs(t_merge: Any, k_merge: keras.layers.Layer) -> list[tuple[str, Any, Any]]:
-    """``(torch name, torch parameter, Keras variable)`` for every parameter of the merge."""
-    keras_var = {
-        "alpha": lambda: k_merge.alpha,
-        "weights": lambda: k_merge.mix,
-        "transform.weight": lambda: k_merge.transform.kernel,
-        "transform.bias": lambda: k_merge.transform.bias,
-    }
-    pairs = [(n, p, keras_var[n]()) for n, p in t_merge.named_parameters()]
-    assert len(pairs) == len(k_merge.weights)
-    return pairs
 
 
 def _keras_shape(name: str, t_shape: tuple[int, ...], keras_rank: int) -> tuple[int, ...]:
@@ -106,52 +101,62 @@ def _keras_shape(name: str, t_shape: tuple[int, ...], keras_rank: int) -> tuple[
     return (inp, out) if keras_rank == 2 else (*k, inp, out)
 
 
-def _copy_merge(t_merge: Any, k_merge: keras.layers.Layer) -> None:
-    for name, p, var in _merge_pairs(t_merge, k_merge):
-        value = p.detach().numpy()
-        var.assign(_kernel(value, tuple(var.shape)) if name == "transform.weight" else value)
+def _merge_pairs(
+    k_merge: keras.layers.Layer, params: dict[str, np.ndarray]
+) -> list[tuple[str, np.ndarray, Any]]:
+    """``(name, torch value, Keras variable)`` for every torch merge parameter: all of them."""
+    where = {
+        "alpha": lambda: k_merge.alpha,
+        "weights": lambda: k_merge.mix,
+        "transform.weight": lambda: k_merge.transform.kernel,
+        "transform.bias": lambda: k_merge.transform.bias,
+    }
+    assert len(params) == len(k_merge.weights), (list(params), k_merge.weights)
+    return [(n, value, where[n]()) for n, value in params.items()]
 
 
-def test_the_vocabulary_is_torch_s_and_each_string_reports_torch_s_formula() -> None:
-    pytest.importorskip("torch")
-    from skipkit.merges import MERGES as TORCH_MERGES
+def _assign(var: Any, name: str, value: np.ndarray) -> None:
+    is_kernel = name in ("weight", "transform.weight")
+    var.assign(_kernel(value, tuple(var.shape)) if is_kernel else value)
 
-    assert set(MERGES) == set(TORCH_MERGES)
+
+def test_the_vocabulary_is_torch_s_and_each_string_reports_torch_s_formula(
+    torch_ref: dict[str, np.ndarray],
+) -> None:
+    torch_names = {k.removeprefix("formula:") for k in torch_ref if k.startswith("formula:")}
+    assert set(MERGES) == torch_names
     for name in MERGES:
-        block = _keras_block(name, "dense")
-        assert block.merge.formula == TORCH_MERGES[name]().formula, name
+        assert _keras_block(name, "dense").merge.formula == str(torch_ref[f"formula:{name}"])
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("name", sorted(MERGES))
-def test_keras_residual_equals_torch_residual(name: str, case: str) -> None:
-    import torch
-
-    t_block = _torch_block(name, case)
-    gen = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # off the initial values, so that no term hides behind a 0 or a 1
-        for p in t_block.merge.parameters():
-            p.copy_(torch.randn(p.shape, generator=gen))
-    k_block = _keras_block(name, case)
-    _copy_body(t_block.body, k_block.body)
-    _copy_merge(t_block.merge, k_block.merge)
-    x = _inputs(case)
-    with torch.no_grad():
-        expected = t_block(torch.from_numpy(x)).numpy()
-    y = np_(k_block(_to_keras(x, case)))
-    np.testing.assert_allclose(y, _to_keras(expected, case), rtol=1e-5, atol=1e-5)
+def test_keras_residual_equals_torch_residual(
+    name: str, case: str, torch_ref: dict[str, np.ndarray]
+) -> None:
+    params = _params(torch_ref, name, case, "param")
+    block = _keras_block(name, case)
+    _assign(block.body.kernel, "weight", params.pop("body.0.weight"))
+    _assign(block.body.bias, "bias", params.pop("body.0.bias"))
+    merge = {k.removeprefix("merge."): v for k, v in params.items()}
+    for p_name, value, var in _merge_pairs(block.merge, merge):
+        _assign(var, p_name, value)
+    key = f"{name}:{case.split('_')[0]}"
+    y = np_(block(_to_keras(torch_ref[f"{key}:x"], case)))
+    np.testing.assert_allclose(y, _to_keras(torch_ref[f"{key}:y"], case), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("name", sorted(MERGES))
-def test_initial_values_and_parameter_shapes_are_torch_s(name: str, case: str) -> None:
-    t_merge = _torch_block(name, case).merge
-    k_block = _keras_block(name, case)
-    for p_name, p, var in _merge_pairs(t_merge, k_block.merge):
-        assert tuple(var.shape) == _keras_shape(p_name, tuple(p.shape), len(var.shape))
+def test_initial_values_and_parameter_shapes_are_torch_s(
+    name: str, case: str, torch_ref: dict[str, np.ndarray]
+) -> None:
+    init = _params(torch_ref, name, case, "init")
+    block = _keras_block(name, case)
+    for p_name, value, var in _merge_pairs(block.merge, init):
+        assert tuple(var.shape) == _keras_shape(p_name, value.shape, len(var.shape)), p_name
         if (name, p_name) == ("gate", "transform.weight"):
             continue  # random: the same distribution is checked below
-        value = p.detach().numpy()
         if p_name == "transform.weight":
             value = _kernel(value, tuple(var.shape))
         np.testing.assert_array_equal(np_(var), value)
