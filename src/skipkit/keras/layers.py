@@ -38,7 +38,7 @@ from skipkit.keras._shapes import (
     output_shape,
     spatial_format,
 )
-from skipkit.keras.merges import Concat, Gate, _MaskedMerge, check_merge, merge_layer
+from skipkit.keras.merges import Concat, Gate, Merge, check_merge, merge_layer
 from skipkit.keras.shortcuts import plan_shortcut
 
 _register = keras.saving.register_keras_serializable(package="skipkit")
@@ -196,7 +196,7 @@ class Residual(keras.layers.Layer):
     def _check_join(
         self, s_shape: Shape, h_shape: Shape, data_format: str, joins_channels: bool
     ) -> None:
-        if self.merge_spec is None and not isinstance(self.merge, _MaskedMerge):
+        if self.merge_spec is None and not isinstance(self.merge, Merge):
             return  # a foreign merge layer checks its own inputs
         skip_axis = channel_axis(data_format, len(s_shape)) if joins_channels else None
         pairs = enumerate(zip(s_shape, h_shape, strict=True))

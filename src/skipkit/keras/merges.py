@@ -42,9 +42,11 @@ _register = keras.saving.register_keras_serializable(package="skipkit")
 _CONV = {3: keras.layers.Conv1D, 4: keras.layers.Conv2D, 5: keras.layers.Conv3D}
 
 
-class _MaskedMerge(keras.layers.Layer):
-    """A merge of ``[skip, branch]`` that keeps masks: a step is valid where both paths are
-    (a path without a mask is valid everywhere).
+class Merge(keras.layers.Layer):
+    """Base class of skipkit's merge layers (the Keras side of :class:`skipkit.merges.Merge`):
+    ``call([skip, branch])``, shapes checked by :class:`skipkit.keras.Residual` at build.
+    Masks pass: a step is valid where both paths are (a path without a mask is valid
+    everywhere).
 
     Attributes:
         joins_channels: the output stacks both paths' channels (only the other dims must agree).
@@ -70,7 +72,7 @@ class _MaskedMerge(keras.layers.Layer):
 
 
 @_register
-class Add(_MaskedMerge):
+class Add(Merge):
     """``y = skip + branch``; both ``(N, …)`` of one shape."""
 
     formula = "s + b"
@@ -81,7 +83,7 @@ class Add(_MaskedMerge):
 
 
 @_register
-class Mul(_MaskedMerge):
+class Mul(Merge):
     """``y = skip * branch``; both ``(N, …)`` of one shape. It is 0 wherever the skip is:
     :class:`Film` is the product that starts as the branch."""
 
@@ -93,7 +95,7 @@ class Mul(_MaskedMerge):
 
 
 @_register
-class Film(_MaskedMerge):
+class Film(Merge):
     """FiLM-style modulation ``y = branch * (1 + skip)``; both ``(N, …)`` of one shape.
 
     Equals the branch while the skip is zero (a zero-initialised shortcut).
@@ -107,7 +109,7 @@ class Film(_MaskedMerge):
 
 
 @_register
-class Concat(_MaskedMerge):
+class Concat(Merge):
     """``y = concat([branch, skip], axis)``: ``(N, …, C) + (N, …, C') -> (N, …, C' + C)``.
 
     The branch comes first, as in the PyTorch front (DenseNet's ``cat([new, old])``).
@@ -155,7 +157,7 @@ def _torch_uniform() -> keras.initializers.Initializer:
     return keras.initializers.VarianceScaling(1 / 3, "fan_in", "uniform")
 
 
-class _SkipTransform(_MaskedMerge):
+class _SkipTransform(Merge):
     """A merge with a learned map of the skip, ``W s + c``, one output per channel: a ``Dense``
     on the channel axis (channels last) or a 1x1 ``ConvND`` (channels first), as the PyTorch
     front's ``nn.Linear`` / 1x1 ``nn.ConvNd``, and drawn as they are. ``W``: ``(C, C)``
@@ -259,7 +261,7 @@ class TanhGate(_SkipTransform):
 
 
 @_register
-class Scale(_MaskedMerge):
+class Scale(Merge):
     """``y = skip + alpha * branch`` with a learned ``alpha`` (ReZero, SkipInit, LayerScale);
     with ``on="skip"``, ``y = branch + alpha * skip``.
 
@@ -332,7 +334,7 @@ class Scale(_MaskedMerge):
 
 
 @_register
-class WeightedSum(_MaskedMerge):
+class WeightedSum(Merge):
     """Learned weighted sum (DenseFormer-style): ``y = a * skip + w * branch``.
 
     ``mix = [a, w]``, shape ``(2,)``, starts at ``[skip_weight, branch_weight]`` (``[1, 1]``:
