@@ -68,12 +68,12 @@ def test_post_activation_follows_the_merge() -> None:
     np.testing.assert_allclose(y, np.maximum(affine(body, X) + X, 0), rtol=1e-5, atol=1e-5)
 
 
-def test_concat_appends_the_branch_on_the_last_axis() -> None:
+def test_concat_puts_the_branch_first_on_the_last_axis() -> None:
     body = dense(2, 4, seed=0)
     block = Residual(body, merge="concat")
     y = np_(block(X))
     assert block.shortcut is None and y.shape == (3, 6)
-    np.testing.assert_allclose(y, np.concatenate([X, affine(body, X)], -1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(y, np.concatenate([affine(body, X), X], -1), rtol=1e-5, atol=1e-5)
 
 
 def test_gate_with_known_weights() -> None:

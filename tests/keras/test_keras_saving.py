@@ -9,7 +9,17 @@ import pytest
 
 keras = pytest.importorskip("keras")
 
-from skipkit.keras import DenseBlock, Gate, Highway, Residual, Scale  # noqa: E402
+from skipkit.keras import (  # noqa: E402
+    DenseBlock,
+    Film,
+    Gate,
+    Highway,
+    Mul,
+    Residual,
+    Scale,
+    TanhGate,
+    WeightedSum,
+)
 
 L = keras.layers
 
@@ -117,7 +127,7 @@ def test_config_roundtrip(layer: keras.layers.Layer) -> None:
 
 
 def test_registered_names() -> None:
-    for cls in (Residual, Highway, DenseBlock, Gate, Scale):
+    for cls in (Residual, Highway, DenseBlock, Gate, Scale, Mul, Film, TanhGate, WeightedSum):
         assert keras.saving.get_registered_name(cls) == f"skipkit>{cls.__name__}"
 
 

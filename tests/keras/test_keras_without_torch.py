@@ -60,6 +60,9 @@ def test_keras_layers_build_fit_and_save_without_torch(tmp_path: Path) -> None:
         inp = keras.Input((8, 3))
         h = Residual(keras.layers.Dense(16, activation="relu"), post="relu")(inp)  # projects
         h = Highway(keras.layers.Dense(16, activation="relu"))(h)
+        h = Residual(keras.layers.Dense(16), merge="tanh_gate")(h)
+        h = Residual(keras.layers.Dense(16), merge="layerscale_skip")(h)
+        h = Residual(keras.layers.Dense(16), merge="weighted")(h)
         h = DenseBlock(num_layers=2, growth=4)(h)                               # 16 -> 24
         model = keras.Model(inp, keras.layers.Dense(1)(keras.layers.Flatten()(h)))
         model.compile("adam", "mse")

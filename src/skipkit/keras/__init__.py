@@ -41,18 +41,22 @@ if int(keras.__version__.split(".")[0]) < 3:  # pragma: no cover - Keras 2 is no
 from skipkit.errors import ShapeMismatchError
 from skipkit.keras.dense import DenseBlock, dense_layer
 from skipkit.keras.layers import Highway, Residual
-from skipkit.keras.merges import Add, Concat, Gate, Scale
+from skipkit.keras.merges import Add, Concat, Film, Gate, Mul, Scale, TanhGate, WeightedSum
 from skipkit.keras.shortcuts import plan_shortcut
 
 __all__ = [
     "Add",
     "Concat",
     "DenseBlock",
+    "Film",
     "Gate",
     "Highway",
+    "Mul",
     "Residual",
     "Scale",
     "ShapeMismatchError",
+    "TanhGate",
+    "WeightedSum",
     "dense_layer",
     "plan_shortcut",
 ]

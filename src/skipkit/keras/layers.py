@@ -38,12 +38,11 @@ from skipkit.keras._shapes import (
     output_shape,
     spatial_format,
 )
-from skipkit.keras.merges import Add, Concat, Gate, Scale
+from skipkit.keras.merges import Concat, Gate, Merge, check_merge, merge_layer
 from skipkit.keras.shortcuts import plan_shortcut
 
 _register = keras.saving.register_keras_serializable(package="skipkit")
 _SHORTCUTS = ("auto", "identity", "project")
-_MERGES = ("add", "concat", "gate", "rezero")
 _PROBE = 64  # stands in for unknown sizes when planning strides
 
 
@@ -53,8 +52,8 @@ class Residual(keras.layers.Layer):
 
     Shapes (channels last; ``(N, C, …)`` channels first):
 
-    - ``merge="add" | "gate" | "rezero"``: ``(N, …, C) -> (N, …', C')``, the body's shape.
-    - ``merge="concat"``: ``(N, …, C) -> (N, …', C + C')``.
+    - every merge but concat: ``(N, …, C) -> (N, …', C')``, the body's shape.
+    - ``merge="concat"``: ``(N, …, C) -> (N, …', C' + C)``, the branch's channels first.
 
     ``shortcut="auto"`` is the identity when the shapes match; otherwise a ``Dense(C')`` for
     feature vectors and sequences, or a 1x1 ``Conv1D/2D/3D(C', strides=s)`` when the body
@@ -65,10 +64,20 @@ class Residual(keras.layers.Layer):
         body: the main path: a Keras layer, a ``keras.Sequential`` or a list of layers.
         shortcut: ``"auto"``, ``"identity"`` (shapes must match), ``"project"`` (always a
             ``Dense`` / 1x1 conv), or any Keras layer mapping ``x`` to the branch's shape.
-        merge: ``"add"``, ``"concat"`` (channel axis), ``"gate"`` (Highway,
-            ``T * body(x) + (1 - T) * shortcut(x)``), ``"rezero"`` (``x + alpha * body(x)``,
-            ``alpha`` starts at 0), or a merge layer called on ``[skip, branch]``
-            (:class:`Add`, :class:`Concat`, :class:`Gate`, :class:`Scale`, ``keras.layers.*``).
+        merge: a string of the PyTorch front's vocabulary (:data:`skipkit.merges.MERGES`), the
+            same formula in ``s = shortcut(x)`` and ``b = body(x)``, with the same initial
+            values and parameter shapes (see :mod:`skipkit.keras.merges`): ``"add"``
+            (``s + b``), ``"concat"`` (``cat([b, s])`` on the channel axis), ``"mul"``
+            (``s * b``), ``"film"`` (``b * (1 + s)``), ``"gate"`` (Highway,
+            ``T * b + (1 - T) * s``, ``T = sigmoid(W s + c)``, ``c`` starts at -2),
+            ``"tanh_gate"`` (``b + tanh(W s + c) * s``, ``W = c = 0``), ``"rezero"`` /
+            ``"skipinit"`` (``s + alpha * b``, ``alpha`` starts at 0), ``"layerscale"``
+            (``s + gamma_c * b``, ``gamma`` per channel, ``1e-5``), ``"rezero_skip"`` /
+            ``"layerscale_skip"`` (the same factors on the skip: ``b + alpha * s``),
+            ``"weighted"`` (``a * s + w * b``, ``a = w = 1``); or a merge layer called on
+            ``[skip, branch]`` (:class:`Add`, :class:`Concat`, :class:`Mul`, :class:`Film`,
+            :class:`Gate`, :class:`TanhGate`, :class:`Scale`, :class:`WeightedSum`,
+            ``keras.layers.*``).
         post: applied after the merge: an activation name (``"relu"``), a function
             (``keras.activations.relu``; to save the model, a Keras activation or one registered
             with ``keras.saving.register_keras_serializable``), a layer, or ``None``.
@@ -80,6 +89,7 @@ class Residual(keras.layers.Layer):
     takes one and pass on to the next layer, so padded steps change nothing on the valid ones.
 
     Raises:
+        ValueError: ``merge`` is a string outside that vocabulary (the message lists it).
         ShapeMismatchError: at build, when no shortcut can make ``x`` fit the body's output
             (the rank or a sequence length changes, a size grows, no integer stride fits).
 
@@ -102,7 +112,7 @@ class Residual(keras.layers.Layer):
         super().__init__(**kwargs)
         self.supports_masking = True
         check_choice(shortcut, _SHORTCUTS, "shortcut")
-        check_choice(merge, _MERGES, "merge")
+        check_merge(merge)
         check_data_format(data_format)
         self.body = as_layer(body, "body")
         self.data_format = data_format
@@ -121,16 +131,15 @@ class Residual(keras.layers.Layer):
         self.post_fn = post if callable(post) and not isinstance(post, keras.layers.Layer) else None
         self.post: keras.layers.Layer | None = as_post(post)
         self._keeps_steps = True  # set in build: the output has the input's steps / positions
+        # False only for a block loaded from a .keras file saved when "concat" put the skip
+        # first: it keeps the order its later layers were trained on (see from_config)
+        self._concat_branch_first = True
 
     def _make_merge(self, name: str, data_format: str, rank: int) -> keras.layers.Layer:
         kw: dict[str, Any] = {"dtype": self.dtype_policy, "name": "merge"}
-        if name == "add":
-            return Add(**kw)
-        if name == "concat":
-            return Concat(axis=channel_axis(data_format, rank), **kw)
-        if name == "gate":
-            return Gate(data_format=data_format, **kw)
-        return Scale(0.0, data_format=data_format, **kw)
+        if name == "concat" and not self._concat_branch_first:
+            return Concat(axis=channel_axis(data_format, rank), branch_first=False, **kw)
+        return merge_layer(name, data_format=data_format, rank=rank, **kw)
 
     def build(self, input_shape: Shape) -> None:
         x_shape = as_shape(input_shape)
@@ -187,7 +196,7 @@ class Residual(keras.layers.Layer):
     def _check_join(
         self, s_shape: Shape, h_shape: Shape, data_format: str, joins_channels: bool
     ) -> None:
-        if self.merge_spec is None and not isinstance(self.merge, (Add, Concat, Gate, Scale)):
+        if self.merge_spec is None and not isinstance(self.merge, Merge):
             return  # a foreign merge layer checks its own inputs
         skip_axis = channel_axis(data_format, len(s_shape)) if joins_channels else None
         pairs = enumerate(zip(s_shape, h_shape, strict=True))
@@ -242,15 +251,21 @@ class Residual(keras.layers.Layer):
             or (function_name(self.post_fn, self.name) if self.post_fn else serialize(self.post)),
             data_format=self.data_format,
         )
+        if self.merge_spec == "concat":
+            config["concat_branch_first"] = self._concat_branch_first
         return config
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Residual:
         config = dict(config)
+        # a "concat" saved without the key is from before it meant cat([b, s]): skip first
+        branch_first = bool(config.pop("concat_branch_first", False))
         for key in ("body", "shortcut", "merge", "post"):
             if key in config:
                 config[key] = deserialize(config[key])
-        return cls(**config)
+        block = cls(**config)
+        block._concat_branch_first = branch_first
+        return block
 
 
 @_register
