@@ -298,3 +298,22 @@ def test_fused_gradients_twice_and_in_part(constraint: str | None) -> None:
         torch.testing.assert_close(a, b, atol=0, rtol=0)
     hc.requires_grad_(False)
     torch.testing.assert_close(grads(hc, [x])[0], grads(generic, [x])[0], atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("constraint", [None, "sinkhorn"])
+def test_cuda_fused_equals_the_protocol_parts(constraint: str | None) -> None:
+    # the fused path's batched products and the Sinkhorn layout on a GPU: values and every
+    # gradient as the generic path's (float32, so to rounding), and bf16 autocast trains
+    hc = _perturbed(
+        sk.HyperConnection(mlp(), S, layer_index=1, constraint=constraint, norm="layer")
+    ).to(device="cuda", dtype=torch.float32)
+    x = torch.randn(4, 7, S, D, device="cuda")
+    fused = _output_and_grads(hc, hc, x)
+    generic = _output_and_grads(lambda h: sk.SkipModule.forward(hc, h), hc, x)
+    for a, b in zip(fused, generic, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        out = hc(x)
+    out.float().square().mean().backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in hc.parameters())
