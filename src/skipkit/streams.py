@@ -338,19 +338,25 @@ class HyperConnection(SkipModule):
         s = self.streams
         batch = x.shape[:-2]
         mixed: torch.Tensor | None = None
-        if self.skip_enabled and self.proj is not None and self.scale is not None:
-            assert mix.proj is not None and mix.scale is not None
-            weight = torch.cat([mix.proj, self.proj], dim=1)  # (D, S + 2)
-            flat = x.reshape(-1, s, self.dim)
-            # one slot: the two gradients of H are summed in place (see _GradSlot)
-            slot = None if torch.compiler.is_compiling() else _GradSlot()
-            a_m, b, a_r = self._dynamic_coefficients(mix, _RmsProjection.apply(flat, weight, slot))
+        if self.skip_enabled:
+            flat = x.reshape(-1, s, self.dim)  # (B, S, D)
+            slot = None
+            if self.proj is not None and self.scale is not None:
+                assert mix.proj is not None and mix.scale is not None
+                weight = torch.cat([mix.proj, self.proj], dim=1)  # (D, S + 2)
+                # one slot: the two gradients of H are summed in place (see _GradSlot)
+                slot = None if torch.compiler.is_compiling() else _GradSlot()
+                raw = _RmsProjection.apply(flat, weight, slot)
+                a_m, b, a_r = self._dynamic_coefficients(mix, raw)
+                b = b.view(*batch, s)
+            else:  # static: the same (S + 1, S) matrix for every token
+                a_m, b = self._from_logits(self.pre_logits, self.post_logits)
+                a_r = mix._from_logits(mix.static)
+                a_m, a_r = a_m.expand(flat.shape[0], s), a_r.expand(flat.shape[0], s, s)
+            # row 0 reads the layer input sum_i a_m[i] H_i, rows 1..S mix: sum_i A_r[i, j] H_i
             m_t = torch.cat([a_m.unsqueeze(-2), a_r.mT], dim=-2)  # (B, S + 1, S)
             h, mixed = _StreamRead.apply(m_t, flat, slot)
-            h, mixed, b = h.view(*batch, -1), mixed.view(*batch, s, -1), b.view(*batch, s)
-        elif self.skip_enabled:  # static: one (S + 1, S) matrix for every token
-            a_m, b = self._from_logits(self.pre_logits, self.post_logits)
-            h, mixed = self._read(x, a_m, mix._from_logits(mix.static))
+            h, mixed = h.view(*batch, -1), mixed.view(*batch, s, -1)
         else:  # the plain twin: nothing is carried, A_r is not needed
             a_m, b = self.coefficients(x)
             h = torch.matmul(a_m.unsqueeze(-2).expand(*batch, 1, s), x).squeeze(-2)
@@ -363,16 +369,6 @@ class HyperConnection(SkipModule):
         else:
             new = _StreamWrite.apply(mixed, b, y)  # (N, *, S, D)
         return new if out is y else replace_main(out, new)
-
-    def _read(
-        self, x: torch.Tensor, a_m: torch.Tensor, a_r: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The layer input ``sum_i a_m[i] H_i`` ``(N, *, D)`` and the mixed streams
-        ``sum_i A_r[i, j] H_i`` ``(N, *, S, D)`` from one ``(S + 1, S) @ (S, D)`` product per
-        token (``a_m`` ``(S,)`` or ``(N, *, S)``, ``A_r`` ``(S, S)`` or ``(N, *, S, S)``)."""
-        m_t = torch.cat([a_m.unsqueeze(-2), a_r.mT], dim=-2)  # (N, *, S + 1, S) or (S + 1, S)
-        inp, mixed = torch.matmul(m_t, x).split((1, self.streams), dim=-2)
-        return inp.squeeze(-2), mixed
 
     def _check_streams(self, x: torch.Tensor) -> None:
         if x.dim() < 2 or x.shape[-2] != self.streams or x.shape[-1] != self.dim:
