@@ -23,15 +23,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import nn
+from bench_transformer import lm, step_fn, timed  # the same model, step and timer
 
-from skipkit.models import create
 from skipkit.streams import HyperConnection, StreamMix
 
 
@@ -52,19 +48,6 @@ def old_streams(rev: str, folder: Path) -> object:
     return importlib.import_module("streams_at_rev")
 
 
-def step_fn(model: nn.Module, idx: torch.Tensor) -> Callable[[], None]:
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        out = model(idx)
-        loss = F.cross_entropy(out.flatten(0, 1), idx.flatten())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rev", required=True, help="the git revision to compare against")
@@ -73,6 +56,8 @@ def main() -> None:
     p.add_argument("--context", type=int, default=64)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--heads", type=int, default=None, help="default: max(4, width // 64)")
+    p.add_argument("--vocab", type=int, default=256)
     p.add_argument("--repeats", type=int, default=30)
     p.add_argument("--device", default="cpu", help="on CUDA: synchronized, wall time")
     args = p.parse_args()
@@ -81,21 +66,10 @@ def main() -> None:
     cuda = device.type == "cuda"
     with tempfile.TemporaryDirectory() as tmp:
         old = old_streams(args.rev, Path(tmp))
-        heads = max(4, args.width // 64)
+        if args.heads is None:
+            args.heads = max(4, args.width // 64)
 
-        def lm(residual: str) -> nn.Module:
-            torch.manual_seed(0)
-            return create(
-                "transformer_lm",
-                vocab_size=256,
-                context=args.context,
-                depth=args.depth,
-                width=args.width,
-                heads=heads,
-                residual=residual,
-            ).to(device)
-
-        new = lm(args.residual)
+        new = lm(args, args.residual).to(device)
         then = copy.deepcopy(new)
         for m in then.modules():
             if isinstance(m, HyperConnection):
@@ -103,13 +77,13 @@ def main() -> None:
             elif isinstance(m, StreamMix):
                 m.__class__ = old.StreamMix  # type: ignore[attr-defined]
         g = torch.Generator().manual_seed(1)
-        idx = torch.randint(0, 256, (args.batch, args.context), generator=g).to(device)
+        idx = torch.randint(0, args.vocab, (args.batch, args.context), generator=g).to(device)
         with torch.no_grad():
             torch.testing.assert_close(then(idx), new(idx))  # the same function
+        models = {"add": lm(args, "add").to(device), "rev": then, "new": new}
         steps = {
-            "add": step_fn(lm("add"), idx),
-            "rev": step_fn(then, idx),
-            "new": step_fn(new, idx),
+            k: step_fn(m, idx, idx, torch.optim.AdamW(m.parameters(), lr=1e-4), lm_loss=True)
+            for k, m in models.items()
         }
         for step in steps.values():
             step()
@@ -118,13 +92,8 @@ def main() -> None:
         names = list(steps)
         for r in range(args.repeats):
             for k in names if r % 2 == 0 else names[::-1]:
-                if cuda:
-                    torch.cuda.synchronize()
-                t = time.perf_counter() if cuda else time.process_time()
-                steps[k]()
-                if cuda:
-                    torch.cuda.synchronize()
-                times[k].append((time.perf_counter() if cuda else time.process_time()) - t)
+                wall, cpu = timed(steps[k], device, 1)
+                times[k].append(wall if cuda else cpu)
 
     def paired(a: str, b: str) -> float:
         return statistics.median(x / y for x, y in zip(times[a], times[b], strict=True))
