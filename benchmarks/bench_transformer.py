@@ -17,8 +17,12 @@ Two comparisons, in one run:
 2. **streams**: ``transformer_lm(residual="hyper")`` and ``"mhc"`` (4 streams, dynamic) against
    ``residual="add"``, same sizes. Target <= 1.15. With ``--control`` a second ``"add"`` model
    runs alongside (an A/A control: how far from 1 the run's noise alone puts a ratio), and a
-   second hand-written stack in the block comparison. ``tests/models/test_transformer.py``
-   checks without a clock that the skipkit blocks dispatch exactly the hand-written ATen ops.
+   second hand-written stack in the block comparison. With ``--floor`` a ``"floor"`` model
+   runs too: the hyper model with every hyper-connection replaced by :class:`CarryStreams`
+   (the 4 streams carried with fixed weights, nothing learned), about the least an eager
+   multi-stream residual pays.
+   ``tests/models/test_transformer.py`` checks without a clock that the skipkit blocks
+   dispatch exactly the hand-written ATen ops.
 
 A train step is forward, loss, backward and an optimizer step (SGD for the block stack,
 AdamW for the models). The variants of each comparison run interleaved (A B C, then C B A,
@@ -44,6 +48,7 @@ from torch import nn
 
 from skipkit.models import create
 from skipkit.models.transformer import Transformer
+from skipkit.streams import HyperConnection
 
 TARGET_BLOCK = 1.02
 TARGET_STREAMS = 1.15
@@ -74,6 +79,38 @@ class SkipkitStack(nn.Module):
         for block in self.blocks:
             x = block(x)
         return x
+
+
+class CarryStreams(nn.Module):
+    """``(N, T, S, D) -> (N, T, S, D)``: ``H + f(norm(mean_i H_i))`` on every stream, the
+    layer and norm of a :class:`~skipkit.HyperConnection` with fixed, equal weights in place
+    of the learned ones. Forward it reads the streams once for the layer input and once for
+    ``H'``, which it writes; backward it sums ``H'``'s gradient over the streams for ``f`` and
+    adds the layer input's (broadcast) to it. Any multi-stream residual whose layer reads and
+    writes every stream does about this much, so its ratio to ``"add"`` is the floor of the
+    streams comparison."""
+
+    def __init__(self, hc: HyperConnection) -> None:
+        super().__init__()
+        self.norm, self.layer = hc.norm, hc.layer
+
+    def forward(self, h: torch.Tensor, **kwargs: object) -> torch.Tensor:
+        x = h.mean(dim=-2)
+        if self.norm is not None:
+            x = self.norm(x)
+        out: torch.Tensor = h + self.layer(x, **kwargs).unsqueeze(-2)
+        return out
+
+
+def floor_lm(args: argparse.Namespace) -> Transformer:
+    """``lm(args, "hyper")`` with each hyper-connection replaced by :class:`CarryStreams`."""
+    model = lm(args, "hyper")
+    for block in model.blocks:
+        for name in ("attn", "mlp"):
+            hc = getattr(block, name)
+            assert isinstance(hc, HyperConnection)
+            setattr(block, name, CarryStreams(hc))
+    return model
 
 
 def lm(args: argparse.Namespace, residual: str) -> Transformer:
@@ -182,6 +219,12 @@ def main() -> None:
         "residual='add' model in the streams comparison (A/A controls: their ratios to the "
         "first are the noise floor of the run)",
     )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="time a 'floor' model in the streams comparison: the hyper model carrying its "
+        "streams with no mixing (CarryStreams), the least a multi-stream residual costs",
+    )
     p.add_argument("--json", default=None, help="also write the numbers to this file")
     args = p.parse_args()
     if args.threads:
@@ -217,8 +260,14 @@ def main() -> None:
 
     streams: dict[str, dict[str, float]] = {}
     if args.only in (None, "streams"):
-        variants = ("add", "control", "hyper", "mhc") if args.control else ("add", "hyper", "mhc")
-        models = {r: lm(args, "add" if r == "control" else r).to(device).train() for r in variants}
+        variants = ("add",) + ("control",) * args.control + ("floor",) * args.floor
+        variants += ("hyper", "mhc")
+        models = {
+            r: (floor_lm(args) if r == "floor" else lm(args, "add" if r == "control" else r))
+            .to(device)
+            .train()
+            for r in variants
+        }
         stream_steps = {
             r: step_fn(
                 torch.compile(m) if args.compile else m,

@@ -44,10 +44,10 @@ fi
 { command -v nvidia-smi >/dev/null && nvidia-smi; "$PY" -c "import torch; print(torch.__version__, torch.cuda.is_available())"; } >>"$LOG" 2>&1
 step cuda-tests 150 "$PY" -m pytest -q -p no:cacheprovider -k "cuda" \
     tests/test_streams.py tests/test_train.py tests/test_cli_inputs.py
-step transformer 110 "$PY" benchmarks/bench_transformer.py --device "$DEVICE" --control \
-    "${T[@]}" --json "$OUT/transformer.json"
-step streams-wide 110 "$PY" benchmarks/bench_transformer.py --device "$DEVICE" --control \
-    --only streams "${BIG[@]}" --json "$OUT/streams-wide.json"
+step transformer 110 "$PY" benchmarks/bench_transformer.py --device "$DEVICE" \
+    --control --floor "${T[@]}" --json "$OUT/transformer.json"
+step streams-wide 110 "$PY" benchmarks/bench_transformer.py --device "$DEVICE" \
+    --control --floor --only streams "${BIG[@]}" --json "$OUT/streams-wide.json"
 step resnet50 80 "$PY" benchmarks/bench_resnet50.py --device "$DEVICE" "${IMG[@]}" \
     --json "$OUT/resnet50.json"
 step densenet121 80 "$PY" benchmarks/bench_densenet.py --device "$DEVICE" "${IMG[@]}" \
