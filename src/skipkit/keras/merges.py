@@ -359,6 +359,12 @@ class Scale(Merge):
         alpha = self._factor()
         return branch + alpha * skip if self.on == "skip" else skip + alpha * branch
 
+    def build_without_skip(self, input_shape: list[Shape]) -> None:
+        if self.on == "skip":
+            self.built = True  # the factor scales the skip only: the plain twin has no use for it
+        else:
+            self.build(input_shape)
+
     def without_skip(self, branch: Any) -> Any:
         """``α*b`` (``γ_c*b``) when the factor is on the branch, else ``b``."""
         return branch if self.on == "skip" else self._factor() * branch
