@@ -32,7 +32,7 @@ def np_(t: object) -> np.ndarray:
 
 
 def _model(skip: bool = True, *, plain: tuple[str, ...] = ()) -> keras.Model:
-    """A conv net with a projection, a gate, a concat, a scale and a dense block; the blocks
+    """A conv net with a projection, a gate, a concat, two scales and a dense block; the blocks
     named in ``plain`` (all of them for ``skip=False``) are built as plain twins."""
 
     def on(name: str) -> dict[str, Any]:
@@ -43,6 +43,7 @@ def _model(skip: bool = True, *, plain: tuple[str, ...] = ()) -> keras.Model:
     h = Highway(L.Conv2D(6, 3, padding="same"), gate_bias=0.5, **on("highway"))(h)
     h = Residual(L.Conv2D(4, 3, padding="same"), merge="concat", **on("concat"))(h)
     h = Residual(L.Conv2D(10, 1), merge="layerscale", **on("layerscale"))(h)
+    h = Residual(L.Conv2D(10, 1), merge="rezero_skip", **on("rezero_skip"))(h)
     h = DenseBlock([L.Conv2D(3, 1), L.Conv2D(3, 1)], **on("dblock"))(h)
     out = L.Dense(2)(L.GlobalAveragePooling2D()(h))
     return keras.Model(inp, out)
@@ -55,28 +56,26 @@ def _nudged(model: keras.Model) -> keras.Model:
     return model
 
 
-def _copy_weights(src: keras.Model, dst: keras.Model) -> None:
-    """``src``'s weights into ``dst``, whose twins lack the shortcut (and gate) weights."""
-    for a, b in zip(src.layers, dst.layers, strict=True):
-        if isinstance(a, Residual) and not b.skip:
-            b.body.set_weights(a.body.get_weights())
-            if b.merge.weights:  # the scale the twin keeps; a gate's weights read the skip
-                b.merge.set_weights(a.merge.get_weights())
-        else:
-            b.set_weights(a.get_weights())
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A weights file of ``_model()`` whose weights are off their initial values."""
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("weights") / "model.weights.h5"
+    _nudged(_model()).save_weights(path)
+    return path
 
 
 @pytest.fixture(scope="module")
-def models() -> tuple[keras.Model, keras.Model]:
+def models(weights: Path) -> tuple[keras.Model, keras.Model]:
     """A compiled model that has run predict and evaluate with the skips on, and its
-    ``skip=False`` twin with the same weights."""
-    keras.utils.set_random_seed(0)
-    model = _nudged(_model())
+    ``skip=False`` twin, which loads the same weights file (less the shortcuts' and the gate's
+    weights and the skip's factor, which it has no use for)."""
+    model, twin = _model(), _model(skip=False)
+    model.load_weights(weights)
+    twin.load_weights(weights)
     model.compile(loss="mse")
     model.predict(X, verbose=0)
     model.evaluate(X, Y, verbose=0)
-    twin = _model(skip=False)
-    _copy_weights(model, twin)
     twin.compile(loss="mse")
     return model, twin
 
@@ -90,9 +89,10 @@ def test_the_twin_has_no_shortcut_or_gate_weights(models: tuple[keras.Model, ker
     assert all(not layer.skip for layer in twin.layers if isinstance(layer, SKIP_LAYERS))
     blocks = {layer.name: layer for layer in twin.layers}
     assert all(blocks[n].shortcut is None for n in ("proj", "highway", "concat", "layerscale"))
-    assert blocks["highway"].merge.weights == []
-    # the shortcuts: Conv2D(6, 1, strides=2) and the concat's nothing; the gate's Dense(6)
-    assert model.count_params() - twin.count_params() == (3 * 6 + 6) + (6 * 6 + 6)
+    assert blocks["highway"].merge.weights == blocks["rezero_skip"].merge.weights == []
+    # the shortcut Conv2D(6, 1, strides=2) (the concat's is the identity), the gate's Dense(6)
+    # and the skip's factor
+    assert model.count_params() - twin.count_params() == (3 * 6 + 6) + (6 * 6 + 6) + 1
     assert twin.output_shape == model.output_shape
 
 
@@ -115,13 +115,13 @@ def test_skips_disabled_is_the_twin_eagerly_and_in_compiled_predict_and_evaluate
 
 
 def test_one_layer_of_a_compiled_model_is_switched_off_in_its_predict(
-    models: tuple[keras.Model, keras.Model],
+    models: tuple[keras.Model, keras.Model], weights: Path
 ) -> None:
     """A layer passed alone: the model that traced it traces its functions again."""
     model, _ = models
     on = np_(model.predict(X, verbose=0))
     partial = _model(plain=("concat",))
-    _copy_weights(model, partial)
+    partial.load_weights(weights)
     with skips_disabled(model.get_layer("concat")):
         _close(model.predict(X, verbose=0), partial(X))
         assert all(
@@ -156,6 +156,22 @@ def test_a_twin_stays_plain_inside_and_after_skips_disabled(
         twin.get_layer("dblock").skip_enabled = True
 
 
+def test_every_weight_of_the_twin_learns(weights: Path) -> None:
+    """No weight the plain function does not read (a gate, a skip's factor) is built, so one
+    SGD step moves each one (TensorFlow would warn of a missing gradient otherwise)."""
+    twin = _model(skip=False)
+    twin.load_weights(weights)
+    twin.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = [np_(w) for w in twin.trainable_weights]
+    twin.fit(X, Y, epochs=1, batch_size=4, verbose=0)
+    still = [
+        w.path
+        for b, w in zip(before, twin.trainable_weights, strict=True)
+        if np.array_equal(b, np_(w))
+    ]
+    assert still == []
+
+
 def test_dense_block_twin_is_the_hand_written_one() -> None:
     """Each layer sees zeros for every earlier map but the last; the output keeps only the
     last layer's, as the PyTorch DenseBlock without its skips."""
@@ -183,15 +199,13 @@ def test_concat_twin_keeps_the_width_with_zeros_in_the_skip_s_channels() -> None
     np.testing.assert_array_equal(y[:, 3:], np.zeros((2, 4, 3, 3)))
 
 
-def test_skip_false_saves_and_loads(
-    models: tuple[keras.Model, keras.Model], tmp_path: Path
-) -> None:
+def test_skip_false_saves_and_loads(weights: Path, tmp_path: Path) -> None:
     twin = _model(skip=False)  # not compiled: no optimizer in the file
-    _copy_weights(models[0], twin)
+    twin.load_weights(weights)
     twin.save(tmp_path / "twin.keras")
     loaded = keras.models.load_model(tmp_path / "twin.keras")
     _close(loaded(X), twin(X))
-    assert [layer.skip for layer in loaded.layers if isinstance(layer, SKIP_LAYERS)] == [False] * 5
+    assert [layer.skip for layer in loaded.layers if isinstance(layer, SKIP_LAYERS)] == [False] * 6
     assert loaded.count_params() == twin.count_params()
 
 

@@ -365,6 +365,11 @@ class Scale(Merge):
         else:
             self.build(input_shape)
 
+    def load_own_variables(self, store: Any) -> None:
+        if self.built and not self.weights and len(store.keys()) == 1:
+            return  # a plain twin loading its skip block's factor, which it has no use for
+        super().load_own_variables(store)
+
     def without_skip(self, branch: Any) -> Any:
         """``α*b`` (``γ_c*b``) when the factor is on the branch, else ``b``."""
         return branch if self.on == "skip" else self._factor() * branch
