@@ -361,6 +361,8 @@ class Highway(Residual):
         body: the transform ``H``: a Keras layer, ``keras.Sequential`` or list of layers.
         gate_bias: initial bias of the transform gate; negative favours carrying ``x``.
         shortcut, post, data_format: as for :class:`Residual`.
+        skip: ``False`` builds the plain net Srivastava et al. compare highways against,
+            ``post(body(x))``: no shortcut and no gate weights.
         **kwargs: as for :class:`Residual`.
     """
 
