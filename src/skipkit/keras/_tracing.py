@@ -15,6 +15,13 @@ from typing import Any
 
 import keras
 
+# The backend Keras was imported with, already loaded by Keras: no new dependency.
+_BACKEND = keras.backend.backend()
+if _BACKEND == "tensorflow":
+    import tensorflow as tf
+elif _BACKEND == "jax":
+    import jax
+
 _TRACED_BY: weakref.WeakKeyDictionary[keras.layers.Layer, weakref.WeakSet[keras.Model]] = (
     weakref.WeakKeyDictionary()
 )
@@ -22,14 +29,9 @@ _TRACED_BY: weakref.WeakKeyDictionary[keras.layers.Layer, weakref.WeakSet[keras.
 
 def _traced(x: Any) -> bool:
     """``x`` is a placeholder of a function being traced (``tf.function``, ``jax.jit``)."""
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
+    if _BACKEND == "tensorflow":
         return not tf.executing_eagerly()
-    if backend == "jax":
-        import jax
-
+    if _BACKEND == "jax":
         return isinstance(x, jax.core.Tracer)
     # torch: Keras runs predict / evaluate / fit eagerly unless jit_compile=True, whose
     # torch.compile guards on the flag and traces again when it changes
