@@ -86,7 +86,7 @@ def skips_disabled(model_or_layer: L) -> Iterator[L]:
     Example:
         >>> model = keras.Sequential([keras.Input((8,)), Residual(keras.layers.Dense(8))])
         >>> with skips_disabled(model):
-        ...     plain = model.predict(np.ones((2, 8)), verbose=0)  # body(x), no x +
+        ...     plain = model.predict(x, verbose=0)  # body(x): the skip's "x +" is gone
     """
     if not isinstance(model_or_layer, keras.layers.Layer):
         raise TypeError(
