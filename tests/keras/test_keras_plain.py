@@ -172,6 +172,24 @@ def test_every_weight_of_the_twin_learns(weights: Path) -> None:
     assert still == []
 
 
+# torch and TensorFlow say so of the weights only the skips read; JAX gives them zeros
+@pytest.mark.filterwarnings("ignore:Gradients do not exist for variables:UserWarning")
+def test_fit_inside_skips_disabled_trains_the_twin(weights: Path) -> None:
+    """After a fit with the skips on, a fit step inside the block is the twin's fit step, and
+    leaves the weights only the skips read as they are."""
+    model, twin = _model(), _model(skip=False)
+    for m, rate in ((model, 0.0), (twin, 0.1)):
+        m.load_weights(weights)
+        m.compile(optimizer=keras.optimizers.SGD(rate), loss="mse")
+        m.fit(X, Y, epochs=1, batch_size=4, verbose=0)  # the model keeps its train function
+    model.optimizer.learning_rate.assign(0.1)  # a variable: the kept function reads it
+    shortcut = np_(model.get_layer("proj").shortcut.kernel)
+    with skips_disabled(model):
+        model.fit(X, Y, epochs=1, batch_size=4, verbose=0)
+        _close(model(X), twin(X))
+    np.testing.assert_array_equal(np_(model.get_layer("proj").shortcut.kernel), shortcut)
+
+
 def test_dense_block_twin_is_the_hand_written_one() -> None:
     """Each layer sees zeros for every earlier map but the last; the output keeps only the
     last layer's, as the PyTorch DenseBlock without its skips."""
