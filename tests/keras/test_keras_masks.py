@@ -72,8 +72,12 @@ def test_plain_keras_add_reference_is_exact() -> None:
         lambda: [Residual(L.LSTM(10, return_sequences=True), merge="rezero")],
         lambda: [Highway(L.LSTM(8, return_sequences=True))],
         lambda: [DenseBlock(lambda c, g: L.LSTM(g, return_sequences=True), 2, 4)],
+        lambda: [
+            Residual(L.LSTM(8, return_sequences=True), merge="concat", skip=False),
+            DenseBlock(lambda c, g: L.LSTM(g, return_sequences=True), 2, 4, skip=False),
+        ],
     ],
-    ids=["residual-x2", "sequential-body", "concat", "rezero", "highway", "denseblock"],
+    ids=["residual-x2", "sequential-body", "concat", "rezero", "highway", "denseblock", "plain"],
 )
 def test_padded_equals_unpadded_on_valid_steps(make: object) -> None:
     steps, last = padded_vs_unpadded(make())  # type: ignore[operator]

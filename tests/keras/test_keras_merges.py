@@ -1,7 +1,8 @@
 """The Keras front speaks the PyTorch front's merge vocabulary: every string of
 ``skipkit.merges.MERGES`` is the same formula, initial values and parameter shapes, checked
 against ``skipkit.Residual`` with the weights copied across, on a dense body and on a conv body
-in both data formats; initial behaviour; ``.keras`` round trips; the refusal of other strings.
+in both data formats, and so is each plain twin (``skip=False``, ``skips_disabled``); initial
+behaviour; ``.keras`` round trips; the refusal of other strings.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from skipkit.keras import (  # noqa: E402
     Scale,
     TanhGate,
     WeightedSum,
+    skips_disabled,
 )
 from skipkit.keras.merges import MERGES  # noqa: E402
 
@@ -44,7 +46,7 @@ def _to_keras(x: np.ndarray, case: str) -> np.ndarray:
     return np.transpose(x, (0, 2, 3, 1)) if case == "conv_channels_last" else x
 
 
-def _keras_block(name: str, case: str) -> Residual:
+def _keras_block(name: str, case: str, *, skip: bool = True) -> Residual:
     """The Keras twin of ``torch_reference.residual``, built for the case's input."""
     if case == "dense":
         body, shape = L.Dense(6, activation="tanh"), (6,)
@@ -52,7 +54,7 @@ def _keras_block(name: str, case: str) -> Residual:
         fmt = case.removeprefix("conv_")
         body = L.Conv2D(4, 3, padding="same", activation="tanh", data_format=fmt)
         shape = (5, 5, 4) if fmt == "channels_last" else (4, 5, 5)
-    block = Residual(body, merge=name)
+    block = Residual(body, merge=name, skip=skip)
     block.build((None, *shape))
     return block
 
@@ -160,6 +162,47 @@ def test_initial_values_and_parameter_shapes_are_torch_s(
         if p_name == "transform.weight":
             value = _kernel(value, tuple(var.shape))
         np.testing.assert_array_equal(np_(var), value)
+
+
+# the torch parameter each merge's plain twin reads (see Merge.without_skip), by the Keras name
+PLAIN_PARAMS = {
+    "rezero": {"alpha": "alpha"},
+    "skipinit": {"alpha": "alpha"},
+    "layerscale": {"alpha": "alpha"},
+    "weighted": {"weights": "mix"},
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("name", sorted(MERGES))
+def test_keras_plain_twin_equals_torch_s_plain_twin(
+    name: str, case: str, torch_ref: dict[str, np.ndarray]
+) -> None:
+    """``skip=False`` and ``skips_disabled`` on the same weights give what
+    ``skipkit.skips_disabled`` gives on the torch block, and the twin has only the weights its
+    formula reads."""
+    params = _params(torch_ref, name, case, "param")
+    block, twin = _keras_block(name, case), _keras_block(name, case, skip=False)
+    body = {"weight": params.pop("body.0.weight"), "bias": params.pop("body.0.bias")}
+    for b in (block, twin):
+        _assign(b.body.kernel, "weight", body["weight"])
+        _assign(b.body.bias, "bias", body["bias"])
+    merge = {k.removeprefix("merge."): v for k, v in params.items()}
+    for p_name, value, var in _merge_pairs(block.merge, merge):
+        _assign(var, p_name, value)
+    read = PLAIN_PARAMS.get(name, {})
+    assert twin.shortcut is None and len(twin.merge.weights) == len(read), twin.merge.weights
+    for t_name, k_name in read.items():
+        getattr(twin.merge, k_name).assign(merge[t_name])
+    key = f"{name}:{case.split('_')[0]}"
+    x, expected = (
+        _to_keras(torch_ref[f"{key}:x"], case),
+        _to_keras(torch_ref[f"{key}:y_plain"], case),
+    )
+    np.testing.assert_allclose(np_(twin(x)), expected, rtol=1e-5, atol=1e-5)
+    with skips_disabled(block):
+        np.testing.assert_allclose(np_(block(x)), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(np_(block(x)), expected, atol=1e-3)  # and the skip is back
 
 
 def test_gate_kernel_starts_as_torch_s_uniform() -> None:

@@ -4,9 +4,10 @@ and JAX (or TensorFlow) in one process can crash as their native libraries load.
 ``python torch_reference.py OUT.npz`` writes, for every merge string of
 :data:`skipkit.merges.MERGES` and each case (``dense``: ``(3, 6)``, ``conv``: ``(2, 4, 5, 5)``),
 ``skipkit.Residual``'s merge parameters at init, then, with the merge moved off its initial
-values, every parameter, an input and the block's output; and each string's formula. Keys:
+values, every parameter, an input, the block's output and its plain twin's (the same block
+under ``skipkit.skips_disabled``); and each string's formula. Keys:
 ``"{name}:{case}:init:{parameter}"``, ``"{name}:{case}:param:{parameter}"``,
-``"{name}:{case}:x"``, ``"{name}:{case}:y"``, ``"formula:{name}"``.
+``"{name}:{case}:x"``, ``"{name}:{case}:y"``, ``"{name}:{case}:y_plain"``, ``"formula:{name}"``.
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ def reference() -> dict[str, np.ndarray]:
                     p.copy_(torch.randn(p.shape, generator=gen))
                 x = torch.randn(shape, generator=gen)
                 out[f"{key}:x"], out[f"{key}:y"] = x.numpy(), block(x).numpy()
+                with sk.skips_disabled(block):
+                    out[f"{key}:y_plain"] = block(x).numpy()
                 for p_name, p in block.named_parameters():
                     out[f"{key}:param:{p_name}"] = p.numpy().copy()
     return out

@@ -42,6 +42,7 @@ from skipkit.errors import ShapeMismatchError
 from skipkit.keras.dense import DenseBlock, dense_layer
 from skipkit.keras.layers import Highway, Residual
 from skipkit.keras.merges import Add, Concat, Film, Gate, Mul, Scale, TanhGate, WeightedSum
+from skipkit.keras.plain import skips_disabled
 from skipkit.keras.shortcuts import plan_shortcut
 
 __all__ = [
@@ -59,4 +60,5 @@ __all__ = [
     "WeightedSum",
     "dense_layer",
     "plan_shortcut",
+    "skips_disabled",
 ]

@@ -55,6 +55,15 @@ def check_choice(value: Any, choices: Sequence[str], what: str) -> None:
         raise ValueError(f"unknown {what} {value!r}; choose one of {', '.join(map(repr, choices))}")
 
 
+def check_skip_flag(skip: Any, path: str) -> None:
+    """``skip`` must be ``True`` or ``False`` (a string such as ``"no"`` would read as true)."""
+    if not isinstance(skip, bool):
+        raise TypeError(
+            f"{path}: skip must be True or False, got {skip!r} ({type(skip).__name__}). Fix: "
+            "skip=True (the default) for the skip connection, skip=False for its plain twin"
+        )
+
+
 def check_data_format(data_format: str | None) -> None:
     if data_format not in DATA_FORMATS:
         raise ValueError(

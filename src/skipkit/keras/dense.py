@@ -18,6 +18,7 @@ from skipkit.keras._config import (
     as_layer,
     call_masked,
     check_data_format,
+    check_skip_flag,
     deserialize,
     serialize,
 )
@@ -29,6 +30,7 @@ from skipkit.keras._shapes import (
     output_shape,
     spatial_format,
 )
+from skipkit.keras._tracing import note_trace
 
 _register = keras.saving.register_keras_serializable(package="skipkit")
 _CONV = {1: keras.layers.Conv1D, 2: keras.layers.Conv2D, 3: keras.layers.Conv3D}
@@ -91,9 +93,15 @@ class DenseBlock(keras.layers.Layer):
         bn_size: bottleneck width of the default layer, in multiples of ``growth``.
         data_format: ``"channels_last"`` / ``"channels_first"``; by default that of the
             layers' convolutions, else channels last.
+        skip: ``False`` builds the plain twin, as the PyTorch front's ``DenseBlock`` computes
+            it with its skips off: the same layers (same input widths, so the same weights),
+            each seeing zeros in place of every earlier feature map but the one before it, and
+            the output ``concat(0, …, 0, h_last)``, of the same shape.
+            :func:`skipkit.keras.skips_disabled` switches a ``skip=True`` block to it.
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``, ``trainable``).
 
     Raises:
+        TypeError: ``skip`` is not a bool.
         ShapeMismatchError: at build, when a layer changes a non-channel dim or does not add
             ``growth`` channels.
 
@@ -113,11 +121,15 @@ class DenseBlock(keras.layers.Layer):
         *,
         bn_size: int = 4,
         data_format: str | None = None,
+        skip: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.supports_masking = True  # every layer keeps the steps, so the mask stays valid
         check_data_format(data_format)
+        check_skip_flag(skip, self.name)
+        self.skip = skip
+        self._skip_enabled = skip
         self.make_layer: MakeLayer | None = None
         self.block_layers: list[keras.layers.Layer] | None = None
         if isinstance(make_layer, (list, tuple)):
@@ -149,6 +161,21 @@ class DenseBlock(keras.layers.Layer):
         self.bn_size = bn_size
         self.data_format = data_format
         self._axis = -1
+
+    @property
+    def skip_enabled(self) -> bool:
+        """Whether the skips are on: ``False`` for ``skip=False`` and inside
+        :func:`skipkit.keras.skips_disabled`, where ``call`` computes the plain twin."""
+        return self._skip_enabled
+
+    @skip_enabled.setter
+    def skip_enabled(self, value: bool) -> None:
+        if value and not self.skip:
+            raise ValueError(
+                f"{self.name}: built with skip=False, its skips cannot be switched on. Fix: "
+                "build the block with skip=True (the default)"
+            )
+        self._skip_enabled = bool(value)
 
     def _make_layers(self, shape: Shape, data_format: str) -> list[keras.layers.Layer]:
         assert self.growth is not None
@@ -206,10 +233,14 @@ class DenseBlock(keras.layers.Layer):
 
     def call(self, x: Any, mask: Any = None) -> Any:
         assert self.block_layers is not None, "layers are made in build"
+        note_trace(self, x)  # a compiled function keeps the skip_enabled it was traced with
         features = x  # (N, …, C); mask: (N, T) for sequences
         for layer in self.block_layers:
             h = call_masked(layer, features, mask)  # (N, …, g)
-            features = keras.ops.concatenate([features, h], axis=self._axis)
+            # the plain twin: the earlier maps reach the next layer and the output only
+            # through the skips, so they are zeros there
+            kept = features if self.skip_enabled else keras.ops.zeros_like(features)
+            features = keras.ops.concatenate([kept, h], axis=self._axis)
         return features  # (N, …, C + L * g)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
@@ -236,6 +267,7 @@ class DenseBlock(keras.layers.Layer):
             growth=self.growth,
             bn_size=self.bn_size,
             data_format=self.data_format,
+            skip=self.skip,
         )
         return config
 

@@ -25,6 +25,7 @@ from skipkit.keras._config import (
     call_masked,
     check_choice,
     check_data_format,
+    check_skip_flag,
     deserialize,
     function_name,
     serialize,
@@ -38,12 +39,32 @@ from skipkit.keras._shapes import (
     output_shape,
     spatial_format,
 )
+from skipkit.keras._tracing import note_trace
 from skipkit.keras.merges import Concat, Gate, Merge, check_merge, merge_layer
 from skipkit.keras.shortcuts import plan_shortcut
 
 _register = keras.saving.register_keras_serializable(package="skipkit")
 _SHORTCUTS = ("auto", "identity", "project")
 _PROBE = 64  # stands in for unknown sizes when planning strides
+
+
+def _check_skip(skip: Any, *, shortcut: Any, merge: Any, path: str) -> None:
+    """``skip`` is a bool; ``skip=False`` needs parts whose plain twin is known."""
+    check_skip_flag(skip, path)
+    if skip:
+        return
+    if not isinstance(shortcut, str):
+        raise ValueError(
+            f"{path}: skip=False builds the plain twin, which has no shortcut, but shortcut= "
+            f"is a {type(shortcut).__name__} layer. Fix: leave shortcut at its default "
+            "('auto'), or use skip=True"
+        )
+    if not isinstance(merge, (str, Merge)):
+        raise TypeError(
+            f"{path}: skip=False needs a merge whose plain twin is known: a string or a "
+            f"skipkit.keras merge layer, got {type(merge).__name__}. Fix: pass the string "
+            "(merge='mul' for keras.layers.Multiply, 'add' for keras.layers.Add)"
+        )
 
 
 @_register
@@ -83,13 +104,23 @@ class Residual(keras.layers.Layer):
             with ``keras.saving.register_keras_serializable``), a layer, or ``None``.
         data_format: ``"channels_last"`` / ``"channels_first"``; by default that of the body's
             convolutions, else channels last.
+        skip: ``False`` builds the plain twin: the same body and merge with the skip path
+            removed and no shortcut weights, ``y = post(merge.without_skip(body(x)))``, as
+            the PyTorch front's ``Merge.without_skip`` computes it for the same string (``b``;
+            ``alpha * b`` for ``"rezero"`` / ``"skipinit"`` / ``"layerscale"``, ``w * b`` for
+            ``"weighted"``; ``concat([b, 0])`` for ``"concat"``, zeros in the skip's channels).
+            :func:`skipkit.keras.skips_disabled` switches a ``skip=True`` block to the same
+            function at run time.
         **kwargs: ``keras.layers.Layer`` arguments (``name``, ``dtype``, ``trainable``).
 
     Masks (``Masking``, ``Embedding(mask_zero=True)``) reach every sublayer whose ``call``
     takes one and pass on to the next layer, so padded steps change nothing on the valid ones.
 
     Raises:
-        ValueError: ``merge`` is a string outside that vocabulary (the message lists it).
+        ValueError: ``merge`` is a string outside that vocabulary (the message lists it);
+            ``skip=False`` with a shortcut layer.
+        TypeError: ``skip`` is not a bool; ``skip=False`` with a merge layer that is not one
+            of skipkit's (its plain twin is not known).
         ShapeMismatchError: at build, when no shortcut can make ``x`` fit the body's output
             (the rank or a sequence length changes, a size grows, no integer stride fits).
 
@@ -107,6 +138,7 @@ class Residual(keras.layers.Layer):
         merge: str | keras.layers.Layer = "add",
         post: PostLike = None,
         data_format: str | None = None,
+        skip: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -114,6 +146,9 @@ class Residual(keras.layers.Layer):
         check_choice(shortcut, _SHORTCUTS, "shortcut")
         check_merge(merge)
         check_data_format(data_format)
+        _check_skip(skip, shortcut=shortcut, merge=merge, path=self.name)
+        self.skip = skip
+        self._skip_enabled = skip
         self.body = as_layer(body, "body")
         self.data_format = data_format
         # Strings are shorthands kept for get_config; the layers they stand for are made in
@@ -141,6 +176,21 @@ class Residual(keras.layers.Layer):
             return Concat(axis=channel_axis(data_format, rank), branch_first=False, **kw)
         return merge_layer(name, data_format=data_format, rank=rank, **kw)
 
+    @property
+    def skip_enabled(self) -> bool:
+        """Whether the skip path is on: ``False`` for ``skip=False`` and inside
+        :func:`skipkit.keras.skips_disabled`, where ``call`` computes the plain twin."""
+        return self._skip_enabled
+
+    @skip_enabled.setter
+    def skip_enabled(self, value: bool) -> None:
+        if value and not self.skip:
+            raise ValueError(
+                f"{self.name}: built with skip=False, it has no shortcut to switch on. Fix: "
+                "build the block with skip=True (the default)"
+            )
+        self._skip_enabled = bool(value)
+
     def build(self, input_shape: Shape) -> None:
         x_shape = as_shape(input_shape)
         h_shape = output_shape(self.body, x_shape)  # (N, …, C) -> (N, …', C')
@@ -150,6 +200,13 @@ class Residual(keras.layers.Layer):
         if self.merge is None:
             assert self.merge_spec is not None
             self.merge = self._make_merge(self.merge_spec, data_format, rank)
+        axis = channel_axis(data_format, rank)
+        self._keeps_steps = len(h_shape) == rank and all(
+            x_shape[d] == h_shape[d] for d in range(1, rank) if d != axis
+        )
+        if not self.skip:
+            self._build_plain(x_shape, h_shape, axis)
+            return
         joins_channels = bool(getattr(self.merge, "joins_channels", False))
         if self.shortcut_spec in ("auto", "project"):
             self.shortcut = plan_shortcut(
@@ -167,16 +224,29 @@ class Residual(keras.layers.Layer):
         # (N, …, C) -> (N, …', C'), or (N, …', C) before a concat
         s_shape = x_shape if self.shortcut is None else output_shape(self.shortcut, x_shape)
         self._check_join(s_shape, h_shape, data_format, joins_channels)
-        axis = channel_axis(data_format, rank)
-        self._keeps_steps = len(h_shape) == rank and all(
-            x_shape[d] == h_shape[d] for d in range(1, rank) if d != axis
-        )
         if not self.merge.built:  # a deserialized merge layer comes built
             self.merge.build([s_shape, h_shape])
-        if self.post is not None:
-            y_shape = as_shape(self.merge.compute_output_shape([s_shape, h_shape]))
-            if not self.post.built:
-                self.post.build(y_shape)
+        self._build_post(s_shape, h_shape)
+
+    def _build_plain(self, x_shape: Shape, h_shape: Shape, axis: int) -> None:
+        """The plain twin's parts: no shortcut, and of the merge what ``without_skip`` uses."""
+        assert isinstance(self.merge, Merge), "_check_skip admits skipkit merges only"
+        s_shape = self._plain_skip_shape(x_shape, h_shape, axis)
+        if not self.merge.built:
+            self.merge.build_without_skip([s_shape, h_shape])
+        self._build_post(s_shape, h_shape)
+
+    def _plain_skip_shape(self, x_shape: Shape, h_shape: Shape, axis: int) -> Shape:
+        """The skip's shape as ``shortcut="auto"`` would plan it: the branch's, but for a
+        concatenation the input's channels (what ``without_skip`` fills with zeros)."""
+        if not getattr(self.merge, "joins_channels", False) or len(x_shape) != len(h_shape):
+            return h_shape
+        return tuple(x_shape[d] if d == axis else n for d, n in enumerate(h_shape))
+
+    def _build_post(self, s_shape: Shape, h_shape: Shape) -> None:
+        assert self.merge is not None
+        if self.post is not None and not self.post.built:
+            self.post.build(as_shape(self.merge.compute_output_shape([s_shape, h_shape])))
 
     def _probe(self, x_shape: Shape, h_shape: Shape) -> tuple[Shape, Shape] | None:
         """The body's shapes at size 64 for dims unknown on both sides, if it takes them."""
@@ -220,10 +290,15 @@ class Residual(keras.layers.Layer):
 
     def call(self, x: Any, mask: Any = None) -> Any:
         # mask: (N, T) for sequences, passed to the layers that use it (LSTM, attention)
-        s = x if self.shortcut is None else call_masked(self.shortcut, x, mask)  # (N, …', C' or C)
+        note_trace(self, x)  # a compiled function keeps the skip_enabled it was traced with
         h = call_masked(self.body, x, mask)  # branch: (N, …', C')
         assert self.merge is not None, "merge is made in build"
-        y = self.merge([s, h])
+        if self.skip_enabled:
+            s = x if self.shortcut is None else call_masked(self.shortcut, x, mask)  # (N, …', C'|C)
+            y = self.merge([s, h])
+        else:
+            assert isinstance(self.merge, Merge), "_check_skip admits skipkit merges only"
+            y = self.merge.without_skip(h)  # the plain twin: the merge of the branch alone
         return y if self.post is None else call_masked(self.post, y, self.compute_mask(x, mask))
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
@@ -237,7 +312,12 @@ class Residual(keras.layers.Layer):
             self.build(x_shape)
         assert self.merge is not None
         h_shape = output_shape(self.body, x_shape)
-        s_shape = x_shape if self.shortcut is None else output_shape(self.shortcut, x_shape)
+        if not self.skip:
+            data_format = self.data_format or spatial_format(self.body) or "channels_last"
+            axis = channel_axis(data_format, len(x_shape))
+            s_shape = self._plain_skip_shape(x_shape, h_shape, axis)
+        else:
+            s_shape = x_shape if self.shortcut is None else output_shape(self.shortcut, x_shape)
         y_shape = as_shape(self.merge.compute_output_shape([s_shape, h_shape]))
         return y_shape if self.post is None else output_shape(self.post, y_shape)
 
@@ -250,6 +330,7 @@ class Residual(keras.layers.Layer):
             post=self.post_spec
             or (function_name(self.post_fn, self.name) if self.post_fn else serialize(self.post)),
             data_format=self.data_format,
+            skip=self.skip,
         )
         if self.merge_spec == "concat":
             config["concat_branch_first"] = self._concat_branch_first
@@ -280,6 +361,8 @@ class Highway(Residual):
         body: the transform ``H``: a Keras layer, ``keras.Sequential`` or list of layers.
         gate_bias: initial bias of the transform gate; negative favours carrying ``x``.
         shortcut, post, data_format: as for :class:`Residual`.
+        skip: ``False`` builds the plain net Srivastava et al. compare highways against,
+            ``post(body(x))``: no shortcut and no gate weights.
         **kwargs: as for :class:`Residual`.
     """
 
@@ -291,10 +374,17 @@ class Highway(Residual):
         shortcut: str | keras.layers.Layer = "auto",
         post: PostLike = None,
         data_format: str | None = None,
+        skip: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(
-            body, shortcut=shortcut, merge="gate", post=post, data_format=data_format, **kwargs
+            body,
+            shortcut=shortcut,
+            merge="gate",
+            post=post,
+            data_format=data_format,
+            skip=skip,
+            **kwargs,
         )
         self.gate_bias = float(gate_bias)
 

@@ -48,6 +48,9 @@ class Merge(keras.layers.Layer):
     Masks pass: a step is valid where both paths are (a path without a mask is valid
     everywhere).
 
+    :meth:`without_skip` is the plain twin's merge (the skip path removed), as
+    :meth:`skipkit.merges.Merge.without_skip` computes it for the same string.
+
     Attributes:
         joins_channels: the output stacks both paths' channels (only the other dims must agree).
         formula: what ``call`` computes, in ``s`` (the skip) and ``b`` (the branch), written as
@@ -60,6 +63,16 @@ class Merge(keras.layers.Layer):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.supports_masking = True
+
+    def without_skip(self, branch: Any) -> Any:
+        """The merge with the skip path removed, on the branch ``(N, …, C')`` alone: ``b``
+        here; the merges that scale the branch or keep the skip's channels override it."""
+        return branch
+
+    def build_without_skip(self, input_shape: list[Shape]) -> None:
+        """Build what :meth:`without_skip` needs for ``[skip, branch]`` shapes (all of
+        :meth:`build` here; a gate, whose weights only read the skip, builds none)."""
+        self.build(input_shape)
 
     def compute_mask(self, inputs: Any, mask: Any = None) -> Any:
         masks = [m for m in (mask or ()) if m is not None]
@@ -128,11 +141,28 @@ class Concat(Merge):
         self.axis = axis
         self.branch_first = bool(branch_first)
         self.formula = "cat([b, s], C)" if self.branch_first else "cat([s, b], C)"
+        self.skip_channels: int | None = None  # set in build, for without_skip
+
+    def build(self, input_shape: list[Shape]) -> None:
+        skip = as_shape(input_shape[0])
+        self.skip_channels = skip[self.axis % len(skip)]
 
     def call(self, inputs: list[Any]) -> Any:
         skip, branch = inputs
         parts = [branch, skip] if self.branch_first else [skip, branch]
         return ops.concatenate(parts, axis=self.axis)
+
+    def without_skip(self, branch: Any) -> Any:
+        """``cat([b, 0])``: zeros in the skip's channels keep the output's width,
+        ``(N, …, C') -> (N, …, C' + C)``."""
+        if self.skip_channels is None:
+            raise ValueError(
+                f"{self.name}: Concat.without_skip needs the skip's channel count, unknown "
+                "until build([skip_shape, branch_shape]) with a known channel dim. Fix: give "
+                "keras.Input the channel count"
+            )
+        one = ops.zeros_like(ops.take(branch, [0], axis=self.axis))  # (N, …, 1)
+        return self.call([ops.repeat(one, self.skip_channels, axis=self.axis), branch])
 
     def compute_output_shape(self, input_shape: list[Shape]) -> Shape:
         skip, branch = as_shape(input_shape[0]), as_shape(input_shape[1])
@@ -194,6 +224,9 @@ class _SkipTransform(Merge):
         else:
             self.transform = _CONV[rank](channels, 1, data_format=self.data_format, **kw)
         self.transform.build(skip)
+
+    def build_without_skip(self, input_shape: list[Shape]) -> None:
+        self.built = True  # W s + c reads the skip only: the plain twin has no use for it
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "data_format": self.data_format}
@@ -317,11 +350,29 @@ class Scale(Merge):
             shape=shape, initializer=keras.initializers.Constant(self.init), name="alpha"
         )
 
+    def _factor(self) -> Any:
+        alpha = ops.reshape(self.alpha, self._broadcast) if self.per_channel else self.alpha
+        return ops.cast(alpha, self.compute_dtype)
+
     def call(self, inputs: list[Any]) -> Any:
         skip, branch = inputs
-        alpha = ops.reshape(self.alpha, self._broadcast) if self.per_channel else self.alpha
-        alpha = ops.cast(alpha, self.compute_dtype)
+        alpha = self._factor()
         return branch + alpha * skip if self.on == "skip" else skip + alpha * branch
+
+    def build_without_skip(self, input_shape: list[Shape]) -> None:
+        if self.on == "skip":
+            self.built = True  # the factor scales the skip only: the plain twin has no use for it
+        else:
+            self.build(input_shape)
+
+    def load_own_variables(self, store: Any) -> None:
+        if self.built and not self.weights and len(store.keys()) == 1:
+            return  # a plain twin loading its skip block's factor, which it has no use for
+        super().load_own_variables(store)
+
+    def without_skip(self, branch: Any) -> Any:
+        """``α*b`` (``γ_c*b``) when the factor is on the branch, else ``b``."""
+        return branch if self.on == "skip" else self._factor() * branch
 
     def get_config(self) -> dict[str, Any]:
         return {
@@ -362,6 +413,10 @@ class WeightedSum(Merge):
         skip, branch = inputs
         mix = ops.cast(self.mix, self.compute_dtype)
         return mix[0] * skip + mix[1] * branch
+
+    def without_skip(self, branch: Any) -> Any:
+        """``w*b``."""
+        return ops.cast(self.mix, self.compute_dtype)[1] * branch
 
     def get_config(self) -> dict[str, Any]:
         return {
